@@ -1,0 +1,56 @@
+"""Chain ordering and deep merge: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from .types import AppConfigData, AppConfigFragmentData, AppConfigScopeType
+from .validation import PUBLIC_SCOPE_ID
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` onto ``base``: objects merge recursively, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def scope_id_for(scope_type: AppConfigScopeType, user_id: UUID, domain: str | None) -> str | None:
+    """The scope id that a user's merged view reads at ``scope_type`` (None: no such scope)."""
+    if scope_type is AppConfigScopeType.PUBLIC:
+        return PUBLIC_SCOPE_ID
+    if scope_type is AppConfigScopeType.USER:
+        return str(user_id)
+    return domain
+
+
+def build_view(
+    user_id: UUID,
+    name: str,
+    scope_sources: Sequence[AppConfigScopeType] | None,
+    fragments: Iterable[AppConfigFragmentData],
+) -> AppConfigData:
+    """Order the user's fragments by the policy chain and merge them.
+
+    ``fragments`` must already be the user's (one per scope type at most);
+    ``scope_sources`` is ``None`` for a name without a policy.
+    """
+    if not scope_sources:
+        return AppConfigData(user_id=user_id, name=name)
+    rank = {scope: i for i, scope in enumerate(scope_sources)}
+    ordered = sorted(
+        (f for f in fragments if f.scope_type in rank), key=lambda f: rank[f.scope_type]
+    )
+    config: dict[str, Any] = {}
+    for fragment in ordered:
+        config = deep_merge(config, fragment.config)
+    return AppConfigData(
+        user_id=user_id, name=name, fragments=tuple(ordered), config=config or None
+    )

@@ -1,0 +1,3 @@
+from .cache_source import AppConfigFragmentCacheSource, Loader
+
+__all__ = ["AppConfigFragmentCacheSource", "Loader"]

@@ -1,0 +1,699 @@
+"""AppConfigFragmentCacheSource: a per-process TTL LRU (L1) in front of Valkey (L2).
+
+Invalidation is by generations (``docs/design.rst``): every envelope in Valkey
+carries the public, name, domain and user generations it was computed under;
+an invalidation is one ``INCR`` and old envelopes simply stop matching. No
+SCAN, no KEYS, no membership sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from ....errors import AppConfigError, CacheSettingsError
+from ....tiered import keys as K
+from ....tiered.flight import Flights, settle
+from ....tiered.local import MISS, LocalTier
+from ....tiered.remote import CircuitBreaker, Remote
+from ....tiered.stats import CacheStats
+from ....types import AppConfigData, AppConfigScopeType
+from ....validation import validate_name, validate_scope, validate_user_id
+from ...utils import LogThrottle, suppress_with_log
+from ..db_source import LoadedViews
+
+__all__ = ["AppConfigFragmentCacheSource", "Loader"]
+
+_logger = logging.getLogger("appconfig_cache.cache")
+
+#: loads the merged views of names for a user from the database
+Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
+
+_RANDOM = random.SystemRandom()
+
+
+def _gen_base() -> int:
+    # A random base for a generation key that does not exist yet: after a
+    # restart or eviction the counter starts somewhere no old envelope names.
+    return _RANDOM.getrandbits(62)
+
+
+def _as_int(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(slots=True)
+class _FillPlan:
+    """The generations read *before* the DB query, to be written into new envelopes."""
+
+    domain: str | None  # None: the user's domain was not known before the query
+    public: int | None
+    names: dict[str, int | None]
+    domain_gen: int | None
+    user: int | None
+    user_domain: str | None  # what Valkey's user_domain key said
+
+    def gens(self, name: str) -> tuple[int, int, int, int] | None:
+        values = (self.public, self.names.get(name), self.domain_gen, self.user)
+        if any(v is None for v in values):
+            return None
+        return values  # type: ignore[return-value]
+
+
+class AppConfigFragmentCacheSource:
+    """Two-tier cache of merged app-config views.
+
+    ``valkey_client`` is a ``valkey.asyncio.Valkey`` or ``ValkeyCluster``; give it
+    short socket timeouts and a bounded pool (:func:`appconfig_cache.make_valkey_client`).
+
+    - ``ttl``: seconds an envelope lives in Valkey.
+    - ``local_ttl``: seconds an L1 entry (and a cached generation) lives; the
+      bound on cross-process staleness.
+    - ``local_maxsize``: L1 entries at most; ``0`` turns L1 off (Valkey only).
+    - ``timeout``: the budget of one Valkey round trip, in seconds.
+    - ``probe_timeout``: the deadline of the health probe that tells a hung
+      Valkey from a busy event loop.
+    - ``max_value_bytes``: a view whose serialized form is larger is served but
+      not cached, in either tier.
+    - ``breaker_*``: see :class:`~appconfig_cache.tiered.remote.CircuitBreaker`.
+    - ``timer``: the clock (monotonic seconds); tests inject one.
+    """
+
+    def __init__(
+        self,
+        valkey_client: Any,
+        *,
+        ttl: int = 600,
+        local_ttl: float = 2.0,
+        local_maxsize: int = 4096,
+        timeout: float = 0.5,
+        probe_timeout: float = 2.0,
+        max_value_bytes: int = 512 * 1024,
+        breaker_window: int = 20,
+        breaker_threshold: int = 5,
+        breaker_min_calls: int = 5,
+        breaker_cooldown: float = 5.0,
+        log_interval: float = 10.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(ttl, int) or ttl < 1:
+            raise CacheSettingsError(f"ttl must be a whole number of seconds >= 1, got {ttl!r}")
+        if local_ttl < 0 or local_maxsize < 0:
+            raise CacheSettingsError("local_ttl and local_maxsize must be >= 0")
+        if timeout <= 0 or probe_timeout <= 0 or max_value_bytes < 1:
+            raise CacheSettingsError("timeout, probe_timeout and max_value_bytes must be > 0")
+        try:
+            breaker = CircuitBreaker(
+                window=breaker_window,
+                failure_threshold=breaker_threshold,
+                min_calls=breaker_min_calls,
+                cooldown=breaker_cooldown,
+                timer=timer,
+            )
+        except ValueError as exc:
+            raise CacheSettingsError(str(exc)) from None
+        self.client = valkey_client
+        self.ttl = ttl
+        self.local_ttl = local_ttl
+        self.max_value_bytes = max_value_bytes
+        self._timer = timer
+        self._stats = CacheStats()
+        self._local = LocalTier(local_maxsize, local_ttl, timer)
+        self._remote = Remote(
+            valkey_client, breaker, self._stats, timeout=timeout, probe_timeout=probe_timeout
+        )
+        self._throttle = LogThrottle(log_interval, timer)
+        self._flights: Flights[AppConfigData] = Flights()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
+        self._replaying: asyncio.Task[bool] | None = None
+        self._seq = 0  # numbers Valkey requests, to order replies about generations
+        self._names_cache: tuple[list[str], int, float] | None = None
+        self._policies_at = 0  # local epoch of the last policy change
+
+    # -- observability ------------------------------------------------------------
+
+    @property
+    def stats(self) -> CacheStats:
+        """The counters of this instance (breaker state included)."""
+        self._stats.breaker_state = self._remote.breaker.state.value
+        self._stats.breaker_opens = self._remote.breaker.opens
+        self._stats.pending_bumps = len(self._pending)
+        return self._stats
+
+    def local_size(self) -> int:
+        return len(self._local)
+
+    # -- the seed's API -----------------------------------------------------------
+
+    async def get_merged_config(self, user_id: UUID, name: str) -> AppConfigData | None:
+        """The cached view, from L1 or Valkey, or ``None`` on a miss. Never touches the DB."""
+        uid = validate_user_id(user_id)
+        validate_name(name)
+        hit = self.local_get(uid, name)
+        if hit is not MISS:
+            return hit  # type: ignore[return-value]
+        if not await self._l2_ready():
+            self._stats.l2_skipped += 1
+            return None
+        found, _plan = await self._l2_lookup(uid, [name], self._local.epoch, plan_fill=False)
+        return found.get(name)
+
+    async def set_merged_config(self, user_id: UUID, name: str, merged: AppConfigData) -> None:
+        """Store a view computed by the caller, in both tiers, under the current generations.
+
+        The repository does not use this: a value read from the DB *before* a
+        concurrent invalidation could be stored as current here. The read path
+        uses generations captured before its own DB query instead.
+        """
+        uid = validate_user_id(user_id)
+        validate_name(name)
+        if merged.user_id != uid or merged.name != name:
+            raise CacheSettingsError("merged view belongs to another user or name")
+        domain = self._local.domains.get(uid)
+        epoch = self._local.epoch
+        plan = None
+        if await self._l2_ready():
+            plan = await self._plan(uid, [name], domain)
+        loaded = LoadedViews(domain=domain, views={name: merged}, with_policy=frozenset([name]))
+        await self._store(uid, [name], loaded, plan, epoch, self._timer())
+
+    async def invalidate_for_scope(
+        self, scope_type: AppConfigScopeType | str, scope_id: str
+    ) -> None:
+        """Drop a scope's views: USER one user, DOMAIN(_USER_DEFAULTS) a domain, PUBLIC all."""
+        await self.invalidate_scopes([validate_scope(scope_type, scope_id)])
+
+    async def invalidate_for_policy(self, config_name: str) -> None:
+        """Drop every view of ``config_name`` (and the cached list of policy names)."""
+        validate_name(config_name)
+        self._local.invalidate_name(config_name)
+        self._policies_at = self._local.epoch
+        await self._bump([K.name_gen_key(config_name), K.POLICIES_GEN])
+
+    # -- what the repository calls ------------------------------------------------
+
+    def local_get(self, user_id: UUID, name: str) -> AppConfigData | object:
+        """The L1 entry or ``MISS``; inputs must be validated already."""
+        value = self._local.get(user_id, name)
+        if value is MISS:
+            self._stats.l1_misses += 1
+        else:
+            self._stats.l1_hits += 1
+        return value
+
+    async def invalidate_scopes(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
+        """Invalidate validated scopes: L1 first, then one Valkey round trip for all."""
+        gen_keys: dict[str, None] = {}
+        local = self._local
+        for kind, scope_id in scopes:
+            if kind is AppConfigScopeType.USER:
+                uid = UUID(scope_id)
+                local.invalidate_user(uid)
+                gen_keys[K.user_gen_key(uid)] = None
+            elif kind is AppConfigScopeType.PUBLIC:
+                local.invalidate_public()
+                gen_keys[K.PUBLIC_GEN] = None
+            else:
+                local.invalidate_domain(scope_id)
+                gen_keys[K.domain_gen_key(scope_id)] = None
+        if gen_keys:
+            await self._bump(list(gen_keys))
+
+    async def read_through(
+        self, user_id: UUID, names: Sequence[str], loader: Loader
+    ) -> dict[str, AppConfigData]:
+        """Views of distinct, validated ``names``: L1, then Valkey, then ``loader``."""
+        out: dict[str, AppConfigData] = {}
+        need: list[str] = []
+        for name in names:
+            value = self.local_get(user_id, name)
+            if value is MISS:
+                need.append(name)
+            else:
+                out[name] = value  # type: ignore[assignment]
+        if need:
+            out.update(await self.resolve(user_id, need, loader))
+        return out
+
+    async def resolve(
+        self, user_id: UUID, names: Sequence[str], loader: Loader
+    ) -> dict[str, AppConfigData]:
+        """L1 has missed ``names``: join or lead the flights that load them."""
+        local = self._local
+        domain = local.domains.get(user_id)
+        waits: list[tuple[str, asyncio.Future[AppConfigData]]] = []
+        lead: list[str] = []
+        for name in names:
+            flight = self._flights.get((user_id, name))
+            # A read that starts after an invalidation must not join an older flight (I2).
+            if flight is not None and not local.stale_since(flight.epoch, user_id, name, domain):
+                self._stats.flights_joined += 1
+                waits.append((name, flight.future))
+            else:
+                lead.append(name)
+        if lead:
+            epoch = local.epoch
+            started = [(name, self._flights.start((user_id, name), epoch)) for name in lead]
+            waits.extend((name, flight.future) for name, flight in started)
+            task = asyncio.get_running_loop().create_task(
+                self._lead(user_id, started, loader, epoch)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # shield: a cancelled waiter must not cancel the load the others wait for
+        return {name: await asyncio.shield(future) for name, future in waits}
+
+    async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
+        """The config names that have a policy: L1 copy, then Valkey, then ``loader``.
+
+        Cached under the ``policies`` generation that every policy change bumps.
+        """
+        now = self._timer()
+        cached = self._names_cache
+        if cached is not None and cached[2] > now and self._policies_at <= cached[1]:
+            return cached[0]
+        epoch = self._local.epoch
+        names: list[str] | None = None
+        gen: int | None = None
+        if await self._l2_ready():
+            names, gen = await self._l2_policy_names()
+        if names is None:
+            names = await loader()
+            self._stats.db_loads += 1
+            if gen is not None:
+                payload = json.dumps({"g": gen, "names": names}).encode()
+                with suppress_with_log(
+                    Exception, "valkey fill failed", logger=_logger, throttle=self._throttle
+                ):
+                    await self._remote.call(
+                        lambda: self.client.set(K.POLICY_NAMES, payload, ex=self.ttl)
+                    )
+        if self._policies_at <= epoch:
+            self._names_cache = (names, epoch, now + self.local_ttl)
+        return names
+
+    async def _l2_policy_names(self) -> tuple[list[str] | None, int | None]:
+        """``(names or None on a miss, the policies generation read before any DB query)``."""
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(K.POLICY_NAMES)
+            pipe.set(K.POLICIES_GEN, _gen_base(), nx=True, get=True)
+            return await pipe.execute()
+
+        try:
+            raw, raw_gen = await self._remote.call(run)
+        except Exception as exc:
+            self._log_failure("valkey read failed", exc)
+            return None, None
+        gen = _as_int(raw_gen)
+        if gen is None:
+            return None, None  # just created: nothing cached can match it
+        try:
+            doc = json.loads(raw) if raw is not None else None
+            if isinstance(doc, dict) and doc.get("g") == gen:
+                names = doc.get("names")
+                if isinstance(names, list) and all(isinstance(n, str) for n in names):
+                    self._stats.l2_hits += 1
+                    return [validate_name(n) for n in names], gen
+        except (ValueError, AppConfigError) as exc:
+            self._stats.envelopes_rejected += 1
+            self._log_failure("rejected a malformed policy-name list", exc)
+        self._stats.l2_misses += 1
+        return None, gen
+
+    async def aclose(self) -> None:
+        """Wait for background loads and stop the health probe. Does not close the client."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._remote.aclose()
+
+    # -- the miss path --------------------------------------------------------------
+
+    async def _lead(
+        self, user_id: UUID, started: list[tuple[str, Any]], loader: Loader, epoch: int
+    ) -> None:
+        names = [name for name, _ in started]
+        try:
+            found = await self._fetch(user_id, names, loader, epoch)
+        except BaseException as exc:  # the DB failed: every waiter gets the error
+            for _, flight in started:
+                settle(flight.future, exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for name, flight in started:
+                if not flight.future.done():
+                    flight.future.set_result(found[name])
+        finally:
+            for name, flight in started:
+                self._flights.finish((user_id, name), flight)
+
+    async def _fetch(
+        self, user_id: UUID, names: list[str], loader: Loader, epoch: int
+    ) -> dict[str, AppConfigData]:
+        found: dict[str, AppConfigData] = {}
+        plan: _FillPlan | None = None
+        if await self._l2_ready():
+            found, plan = await self._l2_lookup(user_id, names, epoch, plan_fill=True)
+        else:
+            self._stats.l2_skipped += len(names)
+        missing = [name for name in names if name not in found]
+        if not missing:
+            return found
+        started = self._timer()
+        loaded = await loader(user_id, missing)
+        self._stats.db_loads += 1
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("db load user=%s names=%s", user_id, missing)
+        found.update((name, loaded.views[name]) for name in missing)
+        await self._store(user_id, missing, loaded, plan, epoch, started)
+        return found
+
+    async def _store(
+        self,
+        user_id: UUID,
+        names: list[str],
+        loaded: LoadedViews,
+        plan: _FillPlan | None,
+        epoch: int,
+        started: float,
+    ) -> None:
+        """Fill L1, then Valkey (one pipelined round trip), with what the DB returned."""
+        domain = K.NO_DOMAIN if loaded.domain is None else loaded.domain
+        self._local.domains[user_id] = domain
+        expires = started + self.local_ttl
+        sets: list[tuple[str, bytes]] = []
+        for name in names:
+            if name not in loaded.with_policy:
+                continue  # never cache a name without a policy
+            view = loaded.views[name]
+            data_json = view.model_dump_json()
+            if len(data_json) > self.max_value_bytes:
+                self._stats.oversize_values += 1
+                self._stats.fills_skipped += 1
+                continue
+            self._local.put(user_id, name, view, domain, epoch, expires)
+            gens = plan.gens(name) if plan is not None and plan.domain == domain else None
+            if gens is None:
+                self._stats.fills_skipped += plan is not None
+                continue
+            sets.append(
+                (
+                    K.merged_key(user_id, name),
+                    K.encode_envelope(user_id, name, domain, gens, data_json),
+                )
+            )
+        if plan is None or not self._remote.available():
+            return
+        if plan.user_domain != domain:
+            sets.append((K.user_domain_key(user_id), domain.encode()))
+        if not sets:
+            return
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for key, payload in sets:
+                pipe.set(key, payload, ex=self.ttl)
+            return await pipe.execute()
+
+        with suppress_with_log(
+            Exception,
+            "valkey fill failed",
+            logger=_logger,
+            throttle=self._throttle,
+            on_error=lambda _exc: self._count_skipped(len(sets)),
+        ):
+            await self._remote.call(run)
+            self._stats.fills += len(sets)
+
+    def _count_skipped(self, n: int) -> None:
+        self._stats.fills_skipped += n
+
+    async def _l2_ready(self) -> bool:
+        """May Valkey be used now? Pending generation bumps must land first."""
+        if not self._remote.available():
+            return False
+        if not self._pending:
+            return True
+        if self._replaying is None or self._replaying.done():
+            self._replaying = asyncio.get_running_loop().create_task(self._replay())
+        return await asyncio.shield(self._replaying)
+
+    async def _replay(self) -> bool:
+        await self._bump([])
+        return not self._pending
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _l2_lookup(
+        self, user_id: UUID, names: list[str], epoch: int, *, plan_fill: bool
+    ) -> tuple[dict[str, AppConfigData], _FillPlan | None]:
+        """One ``MGET`` in the user's slot (plus due generations); validate the envelopes."""
+        local = self._local
+        now = self._timer()
+        seq = self._next_seq()
+        domain = local.domains.get(user_id)
+        wanted = [K.PUBLIC_GEN, *map(K.name_gen_key, names)]
+        if domain:
+            wanted.append(K.domain_gen_key(domain))
+        due = [key for key in wanted if local.gen(key, now) is None]
+        user_keys = [K.merged_key(user_id, name) for name in names]
+        user_keys += [K.user_gen_key(user_id), K.user_domain_key(user_id)]
+        client = self.client
+
+        async def run() -> Any:
+            if not due:
+                return await client.mget(user_keys)
+            pipe = client.pipeline(transaction=False)
+            pipe.mget(user_keys)
+            for key in due:
+                pipe.get(key)
+            return await pipe.execute()
+
+        try:
+            reply = await self._remote.call(run)
+        except Exception as exc:
+            self._log_failure("valkey read failed", exc)
+            self._stats.l2_skipped += len(names)
+            return {}, None
+        values = reply if not due else reply[0]
+        if due:
+            for key, raw in zip(due, reply[1:], strict=True):
+                local.set_gen(key, _as_int(raw), now, seq)
+        user_gen = _as_int(values[-2])
+        raw_domain = values[-1]
+        user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
+        if user_domain is not None:
+            domain = user_domain
+            local.domains[user_id] = user_domain
+
+        candidates = self._decode(user_id, names, values, user_domain)
+        # Domains named by envelopes or the user_domain key whose generation is not cached.
+        needed = {d for _, d, _, _ in candidates} | ({domain} if domain else set())
+        late = [
+            K.domain_gen_key(d)
+            for d in needed
+            if d != K.NO_DOMAIN and local.gen(K.domain_gen_key(d), now) is None
+        ]
+        if late and not await self._fetch_gens(late, now):
+            return {}, None
+
+        found: dict[str, AppConfigData] = {}
+        for name, env_domain, env_gens, data in candidates:
+            current, oldest = self._current(name, env_domain, user_gen, now)
+            if current is not None and env_gens == current:
+                found[name] = data
+                self._local.put(user_id, name, data, env_domain, epoch, oldest + self.local_ttl)
+            else:
+                self._stats.envelopes_outdated += 1
+        self._stats.l2_hits += len(found)
+        self._stats.l2_misses += len(names) - len(found)
+        if not plan_fill or len(found) == len(names):
+            return found, None
+        missing = [name for name in names if name not in found]
+        plan = await self._make_plan(user_id, missing, domain, user_gen, user_domain, now)
+        return found, plan
+
+    def _decode(
+        self, user_id: UUID, names: list[str], values: list[Any], user_domain: str | None
+    ) -> list[tuple[str, str, list[Any], AppConfigData]]:
+        uid_text = str(user_id)
+        out = []
+        for name, raw in zip(names, values, strict=False):
+            if raw is None:
+                continue
+            try:
+                env_user, env_name, env_domain, env_gens, data = K.decode_envelope(raw)
+            except K.BadEnvelope as exc:
+                self._stats.envelopes_rejected += 1
+                self._log_failure("rejected a malformed cache envelope", exc)
+                continue
+            if (
+                env_user != uid_text
+                or env_name != name
+                or data.user_id != user_id
+                or data.name != name
+            ):
+                self._stats.envelopes_rejected += 1
+                self._log_failure("rejected a foreign cache envelope", ValueError(name))
+                continue
+            if user_domain is not None and env_domain != user_domain:
+                self._stats.envelopes_outdated += 1  # the user moved domain
+                continue
+            out.append((name, env_domain, env_gens, data))
+        return out
+
+    def _current(
+        self, name: str, domain: str, user_gen: int | None, now: float
+    ) -> tuple[list[int] | None, float]:
+        """The generations an envelope must carry now, and when the oldest was read."""
+        local = self._local
+        public = local.gen(K.PUBLIC_GEN, now)
+        by_name = local.gen(K.name_gen_key(name), now)
+        by_domain = (
+            (None, now, 0) if domain == K.NO_DOMAIN else local.gen(K.domain_gen_key(domain), now)
+        )
+        if public is None or by_name is None or by_domain is None:
+            return None, now
+        domain_gen = 0 if domain == K.NO_DOMAIN else by_domain[0]
+        values = [public[0], by_name[0], domain_gen, user_gen]
+        if any(v is None for v in values):
+            return None, now
+        return values, min(public[1], by_name[1], by_domain[1])  # type: ignore[return-value]
+
+    async def _fetch_gens(self, gen_keys: list[str], now: float) -> bool:
+        seq = self._next_seq()
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for key in gen_keys:
+                pipe.get(key)
+            return await pipe.execute()
+
+        try:
+            reply = await self._remote.call(run)
+        except Exception as exc:
+            self._log_failure("valkey generation read failed", exc)
+            return False
+        for key, raw in zip(gen_keys, reply, strict=True):
+            self._local.set_gen(key, _as_int(raw), now, seq)
+        return True
+
+    async def _make_plan(
+        self,
+        user_id: UUID,
+        names: list[str],
+        domain: str | None,
+        user_gen: int | None,
+        user_domain: str | None,
+        now: float,
+    ) -> _FillPlan | None:
+        """Gather the generations for filling ``names``; create absent ones (random base)."""
+        local = self._local
+        gen_keys = [K.PUBLIC_GEN, *map(K.name_gen_key, names)]
+        if domain and domain != K.NO_DOMAIN:
+            gen_keys.append(K.domain_gen_key(domain))
+        known: dict[str, int | None] = {}
+        for key in gen_keys:
+            cached = local.gen(key, now)
+            known[key] = None if cached is None else cached[0]
+        user_key = K.user_gen_key(user_id)
+        known[user_key] = user_gen
+        absent = [key for key, value in known.items() if value is None]
+        if absent:
+            seq = self._next_seq()
+            bases = {key: _gen_base() for key in absent}
+
+            async def run() -> Any:
+                pipe = self.client.pipeline(transaction=False)
+                for key, base in bases.items():
+                    pipe.set(key, base, nx=True, get=True)
+                return await pipe.execute()
+
+            try:
+                reply = await self._remote.call(run)
+            except Exception as exc:
+                self._log_failure("valkey generation init failed", exc)
+                return None
+            for key, raw in zip(absent, reply, strict=True):
+                value = _as_int(raw) if raw is not None else bases[key]
+                known[key] = value
+                if key != user_key:
+                    local.set_gen(key, value, now, seq)
+        domain_gen: int | None = 0
+        if domain is None:
+            domain_gen = None
+        elif domain != K.NO_DOMAIN:
+            domain_gen = known[K.domain_gen_key(domain)]
+        return _FillPlan(
+            domain=domain,
+            public=known[K.PUBLIC_GEN],
+            names={name: known[K.name_gen_key(name)] for name in names},
+            domain_gen=domain_gen,
+            user=known[user_key],
+            user_domain=user_domain,
+        )
+
+    async def _plan(self, user_id: UUID, names: list[str], domain: str | None) -> _FillPlan | None:
+        """A fill plan outside the read path (for :meth:`set_merged_config`)."""
+        _found, plan = await self._l2_lookup(user_id, names, self._local.epoch, plan_fill=True)
+        return plan
+
+    # -- invalidation ---------------------------------------------------------------
+
+    async def _bump(self, gen_keys: list[str]) -> None:
+        """INCR each generation (creating it at a random base), replaying pending bumps too."""
+        self._stats.invalidations += len(gen_keys)
+        seq = self._next_seq()
+        now = self._timer()
+        if not self._remote.available():
+            self._defer(gen_keys, seq)
+            return
+        todo = list(dict.fromkeys([*self._pending, *gen_keys]))
+        if not todo:
+            return
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            for key in todo:
+                pipe.set(key, _gen_base(), nx=True)
+                pipe.incr(key)
+            return await pipe.execute()
+
+        try:
+            reply = await self._remote.call(run)
+        except Exception as exc:
+            self._log_failure("valkey invalidation failed; will replay", exc)
+            self._defer(gen_keys, seq)
+            return
+        for key, value in zip(todo, reply[1::2], strict=True):
+            if not key.startswith(K.PREFIX + "gen:user:"):
+                self._local.set_gen(key, _as_int(value), now, seq)
+        self._pending.difference_update(todo)
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("bumped %s", todo)
+
+    def _defer(self, gen_keys: list[str], seq: int) -> None:
+        for key in gen_keys:
+            self._pending.add(key)
+            self._local.forget_gen(key, seq)
+
+    def _log_failure(self, message: str, exc: BaseException) -> None:
+        with suppress_with_log(Exception, message, logger=_logger, throttle=self._throttle):
+            raise exc

@@ -1,0 +1,3 @@
+from .db_source import AppConfigFragmentDBSource, ItemFailure, LoadedViews
+
+__all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews"]

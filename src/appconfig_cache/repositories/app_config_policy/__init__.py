@@ -1,0 +1,3 @@
+from .repository import AppConfigPolicyRepository
+
+__all__ = ["AppConfigPolicyRepository"]

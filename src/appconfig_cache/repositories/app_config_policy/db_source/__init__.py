@@ -1,0 +1,3 @@
+from .db_source import AppConfigPolicyDBSource
+
+__all__ = ["AppConfigPolicyDBSource"]

@@ -1,0 +1,52 @@
+"""Single flight: concurrent misses of one key share one load (I9)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class Flight(Generic[V]):
+    """One in-flight load of one key, started at a local invalidation epoch."""
+
+    __slots__ = ("epoch", "future")
+
+    def __init__(self, epoch: int, future: asyncio.Future[V]) -> None:
+        self.epoch = epoch
+        self.future = future
+
+
+class Flights(Generic[V]):
+    """The flights of one cache source, by key."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Hashable, Flight[V]] = {}
+
+    def get(self, key: Hashable) -> Flight[V] | None:
+        return self._by_key.get(key)
+
+    def start(self, key: Hashable, epoch: int) -> Flight[V]:
+        flight = Flight(epoch, asyncio.get_running_loop().create_future())
+        self._by_key[key] = flight
+        return flight
+
+    def finish(self, key: Hashable, flight: Flight[V]) -> None:
+        if self._by_key.get(key) is flight:
+            del self._by_key[key]
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+
+def settle(future: asyncio.Future[V], exc: BaseException) -> None:
+    """Fail ``future`` without the 'exception was never retrieved' noise if nobody waits."""
+    if future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+        return
+    future.set_exception(exc)
+    future.exception()  # marks it retrieved; waiters still get the exception

@@ -1,0 +1,43 @@
+"""Counters of one cache-source instance (never module state)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class CacheStats:
+    """What one :class:`AppConfigFragmentCacheSource` has done since it was made."""
+
+    l1_hits: int = 0
+    l1_misses: int = 0
+    l2_hits: int = 0
+    l2_misses: int = 0
+    #: reads that did not ask Valkey (breaker open, pending bumps, L2 off)
+    l2_skipped: int = 0
+    db_loads: int = 0
+    fills: int = 0
+    fills_skipped: int = 0
+    oversize_values: int = 0
+    #: envelopes that failed to decode or named another user/name
+    envelopes_rejected: int = 0
+    #: envelopes that decoded but whose generations no longer match
+    envelopes_outdated: int = 0
+    invalidations: int = 0
+    #: generation bumps that could not reach Valkey and wait to be replayed
+    pending_bumps: int = 0
+    #: failures that are Valkey's fault: unreachable, garbage, a confirmed hang
+    valkey_errors: int = 0
+    #: calls that ran out of time (each one is checked by a health probe)
+    valkey_timeouts: int = 0
+    #: timeouts that the health probe showed were this process's load, not Valkey's
+    timeouts_forgiven: int = 0
+    #: replies that refused a command while Valkey was up (OOM, WRONGTYPE)
+    valkey_refusals: int = 0
+    breaker_state: str = "closed"
+    breaker_opens: int = 0
+    flights_joined: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,45 @@
+"""A Valkey client with the settings a cache wants: short timeouts, bounded pool, no retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def make_valkey_client(
+    url: str,
+    *,
+    socket_timeout: float = 0.5,
+    socket_connect_timeout: float = 0.5,
+    max_connections: int = 64,
+    cluster: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """``valkey.asyncio.Valkey`` (or ``ValkeyCluster``) from a URL, with explicit limits.
+
+    - socket timeouts bound every round trip; the cache source adds its own budget;
+    - the pool is bounded, and a caller waits for a free connection (no unbounded growth);
+    - no retries: a failed call becomes a cache miss at once, instead of a retry storm.
+
+    TLS and ACL pass through: a ``rediss://`` URL (hostname checking stays on),
+    ``username=``/``password=``, ``ssl_ca_certs=`` and the other valkey-py keywords.
+    """
+    from valkey.asyncio import BlockingConnectionPool, Valkey
+    from valkey.asyncio.cluster import ValkeyCluster
+
+    if cluster:
+        return ValkeyCluster.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            max_connections=max_connections,
+            **kwargs,
+        )
+    pool = BlockingConnectionPool.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        max_connections=max_connections,
+        timeout=socket_connect_timeout,
+        **kwargs,
+    )
+    return Valkey(connection_pool=pool, auto_close_connection_pool=True)
