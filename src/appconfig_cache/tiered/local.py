@@ -23,7 +23,9 @@ MISS: Final = object()  # a cached empty view is a hit; only this is a miss
 class _Entry:
     __slots__ = ("domain", "epoch", "expires", "value")
 
-    def __init__(self, value: AppConfigData, domain: str, epoch: int, expires: float) -> None:
+    def __init__(
+        self, value: AppConfigData, domain: str | None, epoch: int, expires: float
+    ) -> None:
         self.value = value
         self.domain = domain
         self.epoch = epoch
@@ -79,7 +81,7 @@ class LocalTier:
         user_id: UUID,
         name: str,
         value: AppConfigData,
-        domain: str,
+        domain: str | None,
         epoch: int,
         expires: float,
     ) -> bool:

@@ -37,6 +37,7 @@ _logger = logging.getLogger("appconfig_cache.cache")
 Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
 
 _RANDOM = random.SystemRandom()
+_USER_GEN_PREFIX = K.PREFIX + "gen:user:"
 
 
 def _gen_base() -> int:
@@ -136,7 +137,7 @@ class AppConfigFragmentCacheSource:
         )
         self._throttle = LogThrottle(log_interval, timer)
         self._flights: Flights[AppConfigData] = Flights()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
         self._replaying: asyncio.Task[bool] | None = None
         self._seq = 0  # numbers Valkey requests, to order replies about generations
@@ -182,13 +183,13 @@ class AppConfigFragmentCacheSource:
         validate_name(name)
         if merged.user_id != uid or merged.name != name:
             raise CacheSettingsError("merged view belongs to another user or name")
-        domain = self._local.domains.get(uid)
         epoch = self._local.epoch
         plan = None
         if await self._l2_ready():
-            plan = await self._plan(uid, [name], domain)
+            _found, plan = await self._l2_lookup(uid, [name], epoch, plan_fill=True, force=True)
+        domain = self._local.domains.get(uid)  # the lookup may have learnt it
         loaded = LoadedViews(domain=domain, views={name: merged}, with_policy=frozenset([name]))
-        await self._store(uid, [name], loaded, plan, epoch, self._timer())
+        self._store(uid, [name], loaded, plan, epoch, self._timer(), domain_known=False)
 
     async def invalidate_for_scope(
         self, scope_type: AppConfigScopeType | str, scope_id: str
@@ -336,9 +337,8 @@ class AppConfigFragmentCacheSource:
         return None, gen
 
     async def aclose(self) -> None:
-        """Wait for background loads and stop the health probe. Does not close the client."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait for background work and stop the health probe. Does not close the client."""
+        await self.drain()
         await self._remote.aclose()
 
     # -- the miss path --------------------------------------------------------------
@@ -380,10 +380,10 @@ class AppConfigFragmentCacheSource:
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("db load user=%s names=%s", user_id, missing)
         found.update((name, loaded.views[name]) for name in missing)
-        await self._store(user_id, missing, loaded, plan, epoch, started)
+        self._store(user_id, missing, loaded, plan, epoch, started)
         return found
 
-    async def _store(
+    def _store(
         self,
         user_id: UUID,
         names: list[str],
@@ -391,10 +391,20 @@ class AppConfigFragmentCacheSource:
         plan: _FillPlan | None,
         epoch: int,
         started: float,
+        *,
+        domain_known: bool = True,
     ) -> None:
-        """Fill L1, then Valkey (one pipelined round trip), with what the DB returned."""
-        domain = K.NO_DOMAIN if loaded.domain is None else loaded.domain
-        self._local.domains[user_id] = domain
+        """Fill L1 now, and Valkey in the background (one pipelined round trip).
+
+        The envelopes carry the generations read before the DB query, so when
+        the background write lands does not matter for correctness (I3).
+        ``domain_known=False``: ``loaded.domain`` is a guess, not the DB's answer.
+        """
+        domain: str | None = K.NO_DOMAIN if loaded.domain is None else loaded.domain
+        if domain_known:
+            self._local.domains[user_id] = loaded.domain or K.NO_DOMAIN
+        elif loaded.domain is None:
+            domain = None  # L1 then treats any domain invalidation as concerning it
         expires = started + self.local_ttl
         sets: list[tuple[str, bytes]] = []
         for name in names:
@@ -407,21 +417,26 @@ class AppConfigFragmentCacheSource:
                 self._stats.fills_skipped += 1
                 continue
             self._local.put(user_id, name, view, domain, epoch, expires)
-            gens = plan.gens(name) if plan is not None and plan.domain == domain else None
-            if gens is None:
-                self._stats.fills_skipped += plan is not None
+            if plan is None:
                 continue
-            sets.append(
-                (
-                    K.merged_key(user_id, name),
-                    K.encode_envelope(user_id, name, domain, gens, data_json),
-                )
-            )
-        if plan is None or not self._remote.available():
+            gens = plan.gens(name) if domain is not None and plan.domain == domain else None
+            if gens is None:
+                self._stats.fills_skipped += 1
+                continue
+            envelope = K.encode_envelope(user_id, name, domain, gens, data_json)  # type: ignore[arg-type]
+            sets.append((K.merged_key(user_id, name), envelope))
+        if plan is None:
             return
-        if plan.user_domain != domain:
+        if domain_known and domain is not None and plan.user_domain != domain:
             sets.append((K.user_domain_key(user_id), domain.encode()))
-        if not sets:
+        if sets:
+            task = asyncio.get_running_loop().create_task(self._fill(sets))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _fill(self, sets: list[tuple[str, bytes]]) -> None:
+        if not self._remote.available():
+            self._stats.fills_skipped += len(sets)
             return
 
         async def run() -> Any:
@@ -430,31 +445,31 @@ class AppConfigFragmentCacheSource:
                 pipe.set(key, payload, ex=self.ttl)
             return await pipe.execute()
 
-        with suppress_with_log(
-            Exception,
-            "valkey fill failed",
-            logger=_logger,
-            throttle=self._throttle,
-            on_error=lambda _exc: self._count_skipped(len(sets)),
-        ):
+        try:
             await self._remote.call(run)
+        except Exception as exc:  # a failed fill is only a lost shortcut
+            self._stats.fills_skipped += len(sets)
+            self._log_failure("valkey fill failed", exc)
+        else:
             self._stats.fills += len(sets)
 
-    def _count_skipped(self, n: int) -> None:
-        self._stats.fills_skipped += n
+    async def drain(self) -> None:
+        """Wait until background loads and fills have finished (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _l2_ready(self) -> bool:
         """May Valkey be used now? Pending generation bumps must land first."""
-        if not self._remote.available():
-            return False
         if not self._pending:
-            return True
+            return self._remote.available()
         if self._replaying is None or self._replaying.done():
             self._replaying = asyncio.get_running_loop().create_task(self._replay())
         return await asyncio.shield(self._replaying)
 
     async def _replay(self) -> bool:
-        await self._bump([])
+        if not self._remote.available():
+            return False
+        await self._send_bumps([], self._next_seq(), self._timer())
         return not self._pending
 
     def _next_seq(self) -> int:
@@ -462,7 +477,13 @@ class AppConfigFragmentCacheSource:
         return self._seq
 
     async def _l2_lookup(
-        self, user_id: UUID, names: list[str], epoch: int, *, plan_fill: bool
+        self,
+        user_id: UUID,
+        names: list[str],
+        epoch: int,
+        *,
+        plan_fill: bool,
+        force: bool = False,
     ) -> tuple[dict[str, AppConfigData], _FillPlan | None]:
         """One ``MGET`` in the user's slot (plus due generations); validate the envelopes."""
         local = self._local
@@ -524,9 +545,9 @@ class AppConfigFragmentCacheSource:
                 self._stats.envelopes_outdated += 1
         self._stats.l2_hits += len(found)
         self._stats.l2_misses += len(names) - len(found)
-        if not plan_fill or len(found) == len(names):
+        missing = names if force else [name for name in names if name not in found]
+        if not plan_fill or not missing:
             return found, None
-        missing = [name for name in names if name not in found]
         plan = await self._make_plan(user_id, missing, domain, user_gen, user_domain, now)
         return found, plan
 
@@ -650,21 +671,18 @@ class AppConfigFragmentCacheSource:
             user_domain=user_domain,
         )
 
-    async def _plan(self, user_id: UUID, names: list[str], domain: str | None) -> _FillPlan | None:
-        """A fill plan outside the read path (for :meth:`set_merged_config`)."""
-        _found, plan = await self._l2_lookup(user_id, names, self._local.epoch, plan_fill=True)
-        return plan
-
     # -- invalidation ---------------------------------------------------------------
 
     async def _bump(self, gen_keys: list[str]) -> None:
         """INCR each generation (creating it at a random base), replaying pending bumps too."""
         self._stats.invalidations += len(gen_keys)
         seq = self._next_seq()
-        now = self._timer()
         if not self._remote.available():
             self._defer(gen_keys, seq)
             return
+        await self._send_bumps(gen_keys, seq, self._timer())
+
+    async def _send_bumps(self, gen_keys: list[str], seq: int, now: float) -> None:
         todo = list(dict.fromkeys([*self._pending, *gen_keys]))
         if not todo:
             return
@@ -678,12 +696,12 @@ class AppConfigFragmentCacheSource:
 
         try:
             reply = await self._remote.call(run)
-        except Exception as exc:
+        except Exception as exc:  # replayed before Valkey is trusted again
             self._log_failure("valkey invalidation failed; will replay", exc)
             self._defer(gen_keys, seq)
             return
         for key, value in zip(todo, reply[1::2], strict=True):
-            if not key.startswith(K.PREFIX + "gen:user:"):
+            if not key.startswith(_USER_GEN_PREFIX):
                 self._local.set_gen(key, _as_int(value), now, seq)
         self._pending.difference_update(todo)
         if _logger.isEnabledFor(logging.DEBUG):
