@@ -127,6 +127,10 @@ class LocalTier:
     def invalidate_name(self, name: str) -> None:
         self._name_at[name] = self._bump()
 
+    def mark(self) -> int:
+        """Advance the epoch without a record: returns the new epoch."""
+        return self._bump()
+
     def _bump(self) -> int:
         self.epoch += 1
         if len(self._user_at) + len(self._domain_at) + len(self._name_at) > self._record_limit:

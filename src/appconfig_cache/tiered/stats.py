@@ -38,6 +38,9 @@ class CacheStats:
     breaker_state: str = "closed"
     breaker_opens: int = 0
     flights_joined: int = 0
+    #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)
+    broadcast: str = "off"
+    broadcast_received: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from ....errors import AppConfigError, CacheSettingsError
 from ....tiered import keys as K
+from ....tiered.broadcast import Broadcast, is_cluster
 from ....tiered.flight import Flights, settle
 from ....tiered.local import MISS, LocalTier
 from ....tiered.remote import CircuitBreaker, Remote
@@ -38,6 +39,10 @@ Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
 
 _RANDOM = random.SystemRandom()
 _USER_GEN_PREFIX = K.PREFIX + "gen:user:"
+
+
+class _NotReplicated(Exception):
+    """WAIT returned before enough replicas acknowledged the bump."""
 
 
 def _gen_base() -> int:
@@ -107,6 +112,9 @@ class AppConfigFragmentCacheSource:
         breaker_min_calls: int = 5,
         breaker_cooldown: float = 5.0,
         log_interval: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.1,
+        broadcast: bool = False,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(ttl, int) or ttl < 1:
@@ -115,6 +123,13 @@ class AppConfigFragmentCacheSource:
             raise CacheSettingsError("local_ttl and local_maxsize must be >= 0")
         if timeout <= 0 or probe_timeout <= 0 or max_value_bytes < 1:
             raise CacheSettingsError("timeout, probe_timeout and max_value_bytes must be > 0")
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise CacheSettingsError("wait_replicas must be >= 0 and wait_timeout > 0")
+        if wait_replicas and is_cluster(valkey_client):
+            raise CacheSettingsError(
+                "wait_replicas is not supported on ValkeyCluster: WAIT must run on the "
+                "connection of every node that took a bump (see docs/deployment.rst)"
+            )
         try:
             breaker = CircuitBreaker(
                 window=breaker_window,
@@ -140,8 +155,12 @@ class AppConfigFragmentCacheSource:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
         self._replaying: asyncio.Task[bool] | None = None
+        self._next_replay_at = float("-inf")
         self._seq = 0  # numbers Valkey requests, to order replies about generations
         self._names_cache: tuple[list[str], int, float] | None = None
+        self.wait_replicas = wait_replicas
+        self._wait_ms = max(1, round(wait_timeout * 1000))
+        self._broadcast = Broadcast(valkey_client, self._apply_remote) if broadcast else None
         self._policies_at = 0  # local epoch of the last policy change
 
     # -- observability ------------------------------------------------------------
@@ -152,6 +171,9 @@ class AppConfigFragmentCacheSource:
         self._stats.breaker_state = self._remote.breaker.state.value
         self._stats.breaker_opens = self._remote.breaker.opens
         self._stats.pending_bumps = len(self._pending)
+        if self._broadcast is not None:
+            self._stats.broadcast = self._broadcast.state
+            self._stats.broadcast_received = self._broadcast.received
         return self._stats
 
     def local_size(self) -> int:
@@ -201,7 +223,7 @@ class AppConfigFragmentCacheSource:
         """Drop every view of ``config_name`` (and the cached list of policy names)."""
         validate_name(config_name)
         self._local.invalidate_name(config_name)
-        self._policies_at = self._local.epoch
+        self._policies_at = self._local.mark()
         await self._bump([K.name_gen_key(config_name), K.POLICIES_GEN])
 
     # -- what the repository calls ------------------------------------------------
@@ -253,6 +275,8 @@ class AppConfigFragmentCacheSource:
         self, user_id: UUID, names: Sequence[str], loader: Loader
     ) -> dict[str, AppConfigData]:
         """L1 has missed ``names``: join or lead the flights that load them."""
+        if self._broadcast is not None:
+            self._broadcast.ensure_started()
         local = self._local
         domain = local.domains.get(user_id)
         waits: list[tuple[str, asyncio.Future[AppConfigData]]] = []
@@ -336,10 +360,17 @@ class AppConfigFragmentCacheSource:
         self._stats.l2_misses += 1
         return None, gen
 
+    async def start(self) -> None:
+        """Subscribe to the invalidation broadcast now (it starts lazily otherwise)."""
+        if self._broadcast is not None:
+            await self._broadcast.wait_subscribed()
+
     async def aclose(self) -> None:
-        """Wait for background work and stop the health probe. Does not close the client."""
+        """Wait for background work, stop the probe and the subscription. Keeps the client."""
         await self.drain()
         await self._remote.aclose()
+        if self._broadcast is not None:
+            await self._broadcast.aclose()
 
     # -- the miss path --------------------------------------------------------------
 
@@ -467,10 +498,16 @@ class AppConfigFragmentCacheSource:
         return await asyncio.shield(self._replaying)
 
     async def _replay(self) -> bool:
-        if not self._remote.available():
+        # One attempt per cool-down: a Valkey that takes the bump but cannot
+        # replicate it (WAIT) must not cost every read a round trip.
+        now = self._timer()
+        if now < self._next_replay_at or not self._remote.available():
             return False
-        await self._send_bumps([], self._next_seq(), self._timer())
-        return not self._pending
+        await self._send_bumps([], self._next_seq(), now)
+        if self._pending:
+            self._next_replay_at = now + self._remote.breaker.cooldown
+            return False
+        return True
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -686,26 +723,59 @@ class AppConfigFragmentCacheSource:
         todo = list(dict.fromkeys([*self._pending, *gen_keys]))
         if not todo:
             return
+        broadcast = self._broadcast
+        if broadcast is not None:
+            broadcast.ensure_started()
 
         async def run() -> Any:
             pipe = self.client.pipeline(transaction=False)
             for key in todo:
                 pipe.set(key, _gen_base(), nx=True)
                 pipe.incr(key)
+            if broadcast is not None:
+                broadcast.add_publish(pipe, todo)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)
             return await pipe.execute()
 
         try:
             reply = await self._remote.call(run)
+            if self.wait_replicas and int(reply[-1]) < self.wait_replicas:
+                raise _NotReplicated(f"{reply[-1]} of {self.wait_replicas} replicas acknowledged")
         except Exception as exc:  # replayed before Valkey is trusted again
             self._log_failure("valkey invalidation failed; will replay", exc)
-            self._defer(gen_keys, seq)
+            self._defer(todo, seq)
             return
-        for key, value in zip(todo, reply[1::2], strict=True):
+        for key, value in zip(todo, reply[1 : 2 * len(todo) : 2], strict=True):
             if not key.startswith(_USER_GEN_PREFIX):
                 self._local.set_gen(key, _as_int(value), now, seq)
         self._pending.difference_update(todo)
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("bumped %s", todo)
+
+    def _apply_remote(self, gen_keys: list[str]) -> None:
+        """Another instance bumped these generations: drop what they cover locally."""
+        local = self._local
+        seq = self._next_seq()
+        for key in gen_keys:
+            kind, _, ident = key.removeprefix(K.PREFIX + "gen:").partition(":")
+            if kind == "user":
+                try:
+                    local.invalidate_user(UUID(ident.strip("{}")))
+                except ValueError:
+                    continue
+                continue
+            if kind == "domain" and ident:
+                local.invalidate_domain(ident)
+            elif kind == "name" and ident:
+                local.invalidate_name(ident)
+            elif key == K.PUBLIC_GEN:
+                local.invalidate_public()
+            elif key == K.POLICIES_GEN:
+                self._policies_at = local.mark()
+            else:
+                continue
+            local.forget_gen(key, seq)
 
     def _defer(self, gen_keys: list[str], seq: int) -> None:
         for key in gen_keys:

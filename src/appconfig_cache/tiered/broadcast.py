@@ -1,0 +1,164 @@
+"""Opt-in cross-process L1 invalidation over Valkey pub/sub.
+
+An invalidation publishes the generations it bumped, in the same pipeline as
+the ``INCR`` (no extra round trip). Every cache instance with the option on
+keeps one dedicated connection subscribed: plain ``SUBSCRIBE`` on a
+standalone server, sharded ``SSUBSCRIBE`` on the node that owns the channel's
+slot on a cluster. A message drops the matching L1 entries and updates the
+local generation cache, so other processes stop serving the old value within
+milliseconds instead of ``local_ttl``.
+
+Pub/sub is best effort: while the subscription is down (``stats.broadcast``
+says so) an instance falls back to the ``local_ttl`` bound. It neither clears
+nor bypasses L1 then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+_logger = logging.getLogger("appconfig_cache.cache")
+
+CHANNEL = "app_config:invalidate"
+
+
+def is_cluster(client: Any) -> bool:
+    from valkey.asyncio.cluster import ValkeyCluster
+
+    return isinstance(client, ValkeyCluster)
+
+
+class Broadcast:
+    """Publishes this instance's bumps and applies the others'."""
+
+    def __init__(
+        self,
+        client: Any,
+        apply: Callable[[list[str]], None],
+        *,
+        reconnect_delay: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.instance = uuid.uuid4().hex
+        self.state = "stopped"  # stopped | connecting | up | down
+        self.received = 0
+        self.reconnects = 0
+        self._apply = apply
+        self._reconnect_delay = reconnect_delay
+        self._cluster = is_cluster(client)
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    # -- publishing -----------------------------------------------------------------
+
+    def add_publish(self, pipe: Any, bumped_keys: list[str]) -> None:
+        """Queue the message on the bump pipeline (same round trip as the INCRs).
+
+        The message names the bumped generation keys only; receivers mark those
+        generations unknown, so their next read fetches them in its usual round trip.
+        """
+        message = json.dumps({"i": self.instance, "k": bumped_keys}, separators=(",", ":"))
+        if self._cluster:
+            pipe.execute_command("SPUBLISH", CHANNEL, message)
+        else:
+            pipe.publish(CHANNEL, message)
+
+    # -- subscribing ----------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        if self._task is None or self._task.done():
+            self.state = "connecting"
+            self._task = asyncio.get_running_loop().create_task(self._listen_forever())
+
+    async def wait_subscribed(self) -> None:
+        """Wait until the subscription is live (tests, start-up)."""
+        self.ensure_started()
+        await self._subscribed.wait()
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.state == "up":
+                    _logger.warning(
+                        "invalidation broadcast lost (%s: %s): falling back to local_ttl",
+                        type(exc).__name__,
+                        exc,
+                    )
+                self.state = "down"
+                self._subscribed.clear()
+                self.reconnects += 1
+            await asyncio.sleep(self._reconnect_delay)  # back-off between reconnects
+
+    async def _listen_once(self) -> None:
+        client, verb, kind = self._subscriber()
+        try:
+            conn = await client.connection_pool.get_connection(verb)
+            try:
+                await conn.send_command(verb, CHANNEL)
+                while True:
+                    reply = await conn.read_response(timeout=None)
+                    self._on_reply(reply, kind)
+            finally:
+                await conn.disconnect()
+                await client.connection_pool.release(conn)
+        finally:
+            await client.aclose()
+
+    def _subscriber(self) -> tuple[Any, str, bytes]:
+        """A dedicated client for the subscription, the verb, and the message kind."""
+        from valkey.asyncio import ConnectionPool, Valkey
+
+        if not self._cluster:
+            source = self.client.connection_pool
+            kwargs = dict(source.connection_kwargs)
+            kwargs["socket_timeout"] = None  # a subscription waits as long as it must
+            pool = ConnectionPool(
+                connection_class=source.connection_class, max_connections=1, **kwargs
+            )
+            return Valkey(connection_pool=pool), "SUBSCRIBE", b"message"
+        node = self.client.get_node_from_key(CHANNEL)
+        kwargs = dict(self.client.get_connection_kwargs())
+        keep = {"username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+        options = {k: v for k, v in kwargs.items() if k in keep and v is not None}
+        return (
+            Valkey(host=node.host, port=node.port, socket_timeout=None, **options),
+            "SSUBSCRIBE",
+            b"smessage",
+        )
+
+    def _on_reply(self, reply: Any, kind: bytes) -> None:
+        if not isinstance(reply, list) or not reply:
+            return
+        head = reply[0]
+        if head in (b"subscribe", b"ssubscribe"):
+            self.state = "up"
+            self._subscribed.set()
+            return
+        if head != kind or len(reply) < 3:
+            return
+        try:
+            doc = json.loads(reply[2])
+            keys = doc["k"]
+            if doc["i"] == self.instance or not isinstance(keys, list):
+                return
+        except (ValueError, KeyError, TypeError):
+            return
+        self.received += 1
+        self._apply([k for k in keys if isinstance(k, str)])
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state = "stopped"

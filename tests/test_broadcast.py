@@ -1,0 +1,129 @@
+"""Opt-in cross-process L1 invalidation (issue 6): two instances over one Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import add_policy, add_user
+
+from appconfig_cache import (
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    CacheSettingsError,
+    MyFragmentInput,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _wait_for(predicate, what: str, attempts: int = 500) -> None:
+    """Bounded polling on a condition (yields to the loop; never a fixed sleep)."""
+    for _ in range(attempts):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _pair(engine, valkey_client, *, broadcast: bool):
+    clock_a, clock_b = Clock(), Clock()
+    a = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_a)
+    b = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_b)
+    await a.start()
+    await b.start()
+    return (
+        AppConfigFragmentRepository(engine, a),
+        AppConfigFragmentRepository(engine, b),
+        a,
+        b,
+    )
+
+
+async def test_broadcast_drops_other_instances_l1_at_once(engine, valkey_client) -> None:
+    await add_policy(engine, "theme")
+    uid = await add_user(engine, domain="d1")
+    repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
+    try:
+        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+        assert b.stats.l1_hits == 0
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+        assert b.stats.l1_hits == 1  # B now serves from its own L1
+
+        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
+        # No clock moves: only the broadcast can make B drop its L1 entry.
+        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
+        assert b.stats.broadcast == "up"
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valkey_client) -> None:
+    await add_policy(engine, "theme")
+    uid = await add_user(engine, domain="d1")
+    clock_b = Clock()
+    a = AppConfigFragmentCacheSource(valkey_client)
+    b = AppConfigFragmentCacheSource(valkey_client, local_ttl=2.0, timer=clock_b)
+    repo_a, repo_b = AppConfigFragmentRepository(engine, a), AppConfigFragmentRepository(engine, b)
+    await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}  # inside the window
+    assert b.stats.broadcast == "off"
+    clock_b.now += 2.0
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_lost_subscription_falls_back_to_local_ttl(engine, valkey_client) -> None:
+    await add_policy(engine, "theme")
+    uid = await add_user(engine, domain="d1")
+    repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
+    try:
+        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+        killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed >= 2
+        await _wait_for(lambda: b.stats.broadcast != "up", "B to notice the lost subscription")
+        # B neither clears nor bypasses L1: it still answers from L1.
+        hits = b.stats.l1_hits
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+        assert b.stats.l1_hits == hits + 1
+        # The subscription comes back by itself, and then works again.
+        await _wait_for(lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up", "resub")
+        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
+        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
+        assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_wait_replicas_is_refused_on_a_standalone_without_replicas(
+    engine, valkey_client
+) -> None:
+    """WAIT with no replica attached never reaches N: the bump stays pending, reads stay correct."""
+    await add_policy(engine, "theme")
+    uid = await add_user(engine, domain="d1")
+    cache = AppConfigFragmentCacheSource(valkey_client, wait_replicas=1, wait_timeout=0.01)
+    repo = AppConfigFragmentRepository(engine, cache)
+    await repo.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert cache.stats.pending_bumps == 1
+    assert (await repo.app_config(uid, "theme")).config == {"c": 1}
+    assert cache.stats.l2_skipped >= 1  # Valkey is not trusted while a bump is pending
+    await cache.aclose()
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(CacheSettingsError):
+        AppConfigFragmentCacheSource(object(), wait_replicas=-1)
