@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import add_policy, add_user
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -13,6 +12,7 @@ from appconfig_cache import (
     CacheSettingsError,
     MyFragmentInput,
 )
+from helpers import add_policy, add_user
 
 
 class Clock:

@@ -8,13 +8,15 @@
   user scope, and for the domain scopes 1 to 255 characters with no control
   characters.
 - A config is a JSON object of at most ``MAX_CONFIG_BYTES`` serialized bytes,
-  with string keys, no NaN or infinity and no NUL character.
+  nested at most ``MAX_CONFIG_DEPTH`` levels, with string keys, no NaN or
+  infinity, no NUL character and no lone surrogate.
 - ``scope_sources`` is a non-empty list of known scope types without duplicates.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -113,26 +115,47 @@ def validate_key(key: AppConfigFragmentKey) -> AppConfigFragmentKey:
     return AppConfigFragmentKey(scope_type=kind, scope_id=scope_id, name=key.name)
 
 
+MAX_CONFIG_DEPTH = 64
+
+
+def _check_json(value: object, depth: int) -> None:
+    """Plain JSON only: str keys, finite numbers, no NUL, no lone surrogates, bounded depth."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise InvalidConfigError(f"a config is nested deeper than {MAX_CONFIG_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidConfigError("a config may not contain the NUL character")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidConfigError("a config string is not valid Unicode") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidConfigError(f"config keys must be strings, got {_shorten(key)}")
+            _check_json(key, depth + 1)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidConfigError("a config may not contain NaN or infinity")
+    elif value is not None and not isinstance(value, bool | int):
+        raise InvalidConfigError(f"a config may not contain a {type(value).__name__}")
+
+
 def validate_config(config: object) -> dict[str, Any]:
     if not isinstance(config, Mapping):
         raise InvalidConfigError(f"a config must be a JSON object, got {type(config).__name__}")
-    try:
-        text = json.dumps(config, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except ValueError as exc:  # NaN/Infinity, or a circular reference
-        raise InvalidConfigError(f"a config must be plain JSON: {exc}") from None
-    except TypeError as exc:  # a non-JSON value or a non-string key
-        raise InvalidConfigError(f"a config must be plain JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidConfigError("a config is nested too deeply") from None
-    if "\\u0000" in text:
-        raise InvalidConfigError("a config may not contain the NUL character")
+    _check_json(config, 0)
+    text = json.dumps(config, separators=(",", ":"), ensure_ascii=False)
     size = len(text.encode())
     if size > MAX_CONFIG_BYTES:
         raise InvalidConfigError(
             f"a config is {size} bytes serialized; the limit is {MAX_CONFIG_BYTES}"
         )
-    # Round-trip so that what we store is exactly what a reader gets back
-    # (tuples become lists, int-like keys are rejected above).
+    # Round-trip so that what we store is exactly what a reader gets back (tuples become lists).
     result: dict[str, Any] = json.loads(text)
     return result
 

@@ -27,6 +27,9 @@ def make_valkey_client(
     from valkey.asyncio.cluster import ValkeyCluster
 
     if cluster:
+        # One retry lets the client refresh its slot map after a failover; the
+        # default (3 attempts, with sleeps in pipelines) would hold requests up.
+        kwargs.setdefault("cluster_error_retry_attempts", 1)
         return ValkeyCluster.from_url(
             url,
             socket_timeout=socket_timeout,

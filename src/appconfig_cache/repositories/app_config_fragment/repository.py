@@ -58,7 +58,11 @@ class AppConfigFragmentRepository:
 
     async def app_config(self, user_id: UUID, name: str) -> AppConfigData:
         """The merged view of ``name`` for ``user_id``."""
-        if name not in self._names_ok:
+        try:
+            known = name in self._names_ok  # the hot path skips the regex for known names
+        except TypeError:  # unhashable: let validation say what is wrong
+            known = False
+        if not known:
             self._accept_name(name)
         if type(user_id) is not UUID:
             user_id = validate_user_id(user_id)
@@ -78,7 +82,7 @@ class AppConfigFragmentRepository:
         if len(names) > MAX_BATCH_NAMES:
             raise TooManyItemsError(f"{len(names)} names; app_configs takes {MAX_BATCH_NAMES}")
         for name in names:
-            if name not in self._names_ok:
+            if not self._known_name(name):
                 self._accept_name(name)
         unique = list(dict.fromkeys(names))
         if not unique:
@@ -96,7 +100,9 @@ class AppConfigFragmentRepository:
             names = await self._db.policy_names()
         else:
             names = await self._cache.policy_names(self._db.policy_names)
-        views = await self.app_configs(uid, names[:MAX_BATCH_NAMES])
+        views: list[AppConfigData] = []
+        for start in range(0, len(names), MAX_BATCH_NAMES):
+            views += await self.app_configs(uid, names[start : start + MAX_BATCH_NAMES])
         return [view for view in views if view.fragments]
 
     # -- writes ---------------------------------------------------------------------
@@ -204,6 +210,12 @@ class AppConfigFragmentRepository:
         if self._cache is not None and done:
             await self._cache.invalidate_scopes(_scopes(f for _, f in done))
         return done, failures
+
+    def _known_name(self, name: str) -> bool:
+        try:
+            return name in self._names_ok
+        except TypeError:  # unhashable: let validation say what is wrong
+            return False
 
     def _accept_name(self, name: str) -> None:
         validate_name(name)

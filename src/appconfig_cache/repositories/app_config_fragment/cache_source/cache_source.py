@@ -539,7 +539,8 @@ class AppConfigFragmentCacheSource:
             if not due:
                 return await client.mget(user_keys)
             pipe = client.pipeline(transaction=False)
-            pipe.mget(user_keys)
+            # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
+            pipe.execute_command("MGET", *user_keys)
             for key in due:
                 pipe.get(key)
             return await pipe.execute()
