@@ -1,0 +1,427 @@
+"""Shared pieces of the bench suite: the seeded world, the op runner, counters.
+
+Every figure is a *per-op* time: a benchmark round runs one coroutine that
+performs ``ops_per_round`` operations on a persistent event loop, and
+``bench/report.py`` divides the round's time by that number. Floors, our read
+path and the peers all run through the same loop shape, so the fixed cost of
+``run_until_complete`` is spread the same way over every figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from appconfig_cache import (
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    AppConfigScopeType,
+)
+from appconfig_cache.models import fragments, policies, users
+
+S = AppConfigScopeType
+
+#: the documents of a WebUI bootstrap; every policy is a three-scope chain
+POLICIES: dict[str, tuple[S, S, S]] = {
+    "theme": (S.PUBLIC, S.DOMAIN, S.USER),
+    "menu": (S.PUBLIC, S.DOMAIN, S.USER),
+    "dashboard": (S.PUBLIC, S.DOMAIN_USER_DEFAULTS, S.USER),
+    "shortcuts": (S.PUBLIC, S.DOMAIN, S.USER),
+    "notifications": (S.PUBLIC, S.DOMAIN_USER_DEFAULTS, S.USER),
+    "editor": (S.PUBLIC, S.DOMAIN, S.USER),
+    "terminal": (S.PUBLIC, S.DOMAIN, S.USER),
+    "layout": (S.PUBLIC, S.DOMAIN_USER_DEFAULTS, S.USER),
+}
+NAMES: list[str] = list(POLICIES)
+#: the document the single-key benchmarks read
+NAME = "theme"
+DOMAINS = ("default", "research", "ops", "edu")
+
+N_HOT = 64  # users of the single-key benchmarks (all fit every tier)
+N_WORK = 2000  # the Zipf population of the throughput workload; also "returning" users
+N_FRESH = 1500  # never read before: each one is used once by a cold benchmark
+
+
+def public_config(name: str) -> dict[str, Any]:
+    """About 1 KB: the site-wide defaults of a document."""
+    return {
+        "version": 3,
+        "title": f"{name} defaults",
+        "colors": {
+            "primary": "#1f6feb",
+            "secondary": "#8b949e",
+            "background": "#0d1117",
+            "surface": "#161b22",
+            "accent": ["#ff7b72", "#d2a8ff", "#79c0ff", "#56d364"],
+        },
+        "layout": {
+            "sidebar": {"collapsed": False, "width": 280, "position": "left"},
+            "header": {"height": 56, "sticky": True, "show_breadcrumbs": True},
+            "grid": {"columns": 12, "gutter": 16, "breakpoints": [576, 768, 992, 1200, 1400]},
+        },
+        "features": {
+            f"feature_{i}": {"enabled": i % 3 != 0, "rollout": i * 7 % 100} for i in range(12)
+        },
+        "locale": {"language": "en", "timezone": "UTC", "date_format": "YYYY-MM-DD"},
+        "help_links": [f"https://docs.example.org/{name}/page-{i}" for i in range(6)],
+    }
+
+
+def domain_config(name: str, domain: str) -> dict[str, Any]:
+    """About 400 B: a domain's overrides."""
+    return {
+        "title": f"{name} for {domain}",
+        "colors": {"primary": "#2da44e", "accent": ["#bf3989", "#fb8500"]},
+        "layout": {"sidebar": {"width": 300}, "grid": {"gutter": 12}},
+        "features": {"feature_1": {"enabled": False}, "feature_4": {"rollout": 50}},
+        "locale": {"timezone": "Asia/Seoul"},
+        "quota_banner": {"visible": True, "text": f"{domain}: usage is reported daily"},
+    }
+
+
+def user_config(name: str, seed: int) -> dict[str, Any]:
+    """About 300 B: what a user saved."""
+    return {
+        "colors": {"primary": f"#{seed * 2654435761 % 0xFFFFFF:06x}"},
+        "layout": {"sidebar": {"collapsed": seed % 2 == 0}},
+        "recent": [f"/{name}/item/{(seed + i) % 997}" for i in range(5)],
+        "pinned": {"projects": [f"project-{(seed * 7 + i) % 101}" for i in range(3)]},
+        "updated_by": "webui",
+    }
+
+
+def user_names(index: int) -> list[str]:
+    """The documents a user has saved: always ``theme``, and about half of the rest."""
+    return [n for i, n in enumerate(NAMES) if i == 0 or (index + i) % 2 == 0]
+
+
+@dataclass
+class World:
+    """The servers, the engine, the client and the seeded population of one session."""
+
+    loop: asyncio.AbstractEventLoop
+    valkey_url: str
+    database_url: str
+    engine: AsyncEngine
+    client: Any
+    hot_users: list[UUID]
+    work_users: list[UUID]
+    fresh_pool: list[UUID]
+    domain_of: dict[UUID, str]
+    server_versions: dict[str, str] = field(default_factory=dict)
+    _fresh_next: int = 0
+    _caches: list[AppConfigFragmentCacheSource] = field(default_factory=list)
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def fresh_users(self, k: int) -> list[UUID]:
+        """``k`` users no benchmark has read yet (cold in every tier)."""
+        start, self._fresh_next = self._fresh_next, self._fresh_next + k
+        if self._fresh_next > len(self.fresh_pool):
+            raise RuntimeError("the pool of fresh users is exhausted: raise N_FRESH")
+        return self.fresh_pool[start : self._fresh_next]
+
+    def cache(self, **kwargs: Any) -> AppConfigFragmentCacheSource:
+        """A new cache source on the shared client; closed at the end of the session."""
+        cache = AppConfigFragmentCacheSource(self.client, **kwargs)
+        self._caches.append(cache)
+        return cache
+
+    def repo(self, cache: AppConfigFragmentCacheSource | None) -> AppConfigFragmentRepository:
+        return AppConfigFragmentRepository(self.engine, cache_source=cache)
+
+    def flush_valkey(self) -> None:
+        self.run(self.client.flushdb())
+
+    async def aclose_caches(self) -> None:
+        for cache in self._caches:
+            await cache.aclose()
+        self._caches.clear()
+
+
+async def seed(engine: AsyncEngine, rng: random.Random) -> dict[str, Any]:
+    """Policies, users in domains and fragments at every scope; returns the populations."""
+    now = datetime.now(UTC)
+    n_users = N_HOT + N_WORK + N_FRESH
+    all_users = [UUID(int=rng.getrandbits(128), version=4) for _ in range(n_users)]
+    domain_of = {uid: DOMAINS[i % len(DOMAINS)] for i, uid in enumerate(all_users)}
+    frag_rows: list[dict[str, Any]] = []
+
+    def fragment(scope: S, scope_id: str, name: str, config: dict[str, Any]) -> None:
+        frag_rows.append(
+            {
+                "id": uuid.uuid4(),
+                "scope_type": scope.value,
+                "scope_id": scope_id,
+                "name": name,
+                "config": config,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+
+    for name, chain in POLICIES.items():
+        fragment(S.PUBLIC, "public", name, public_config(name))
+        for domain in DOMAINS:
+            fragment(chain[1], domain, name, domain_config(name, domain))
+    for i, uid in enumerate(all_users):
+        for name in user_names(i):
+            fragment(S.USER, str(uid), name, user_config(name, i))
+
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("TRUNCATE users, app_config_policies, app_config_fragments CASCADE")
+        )
+        await conn.execute(
+            sa.insert(policies),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "config_name": name,
+                    "scope_sources": [s.value for s in chain],
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for name, chain in POLICIES.items()
+            ],
+        )
+        await conn.execute(
+            sa.insert(users), [{"uuid": u, "domain_name": d} for u, d in domain_of.items()]
+        )
+        for start in range(0, len(frag_rows), 5000):
+            await conn.execute(sa.insert(fragments), frag_rows[start : start + 5000])
+        await conn.execute(sa.text("ANALYZE"))
+    return {
+        "hot": all_users[:N_HOT],
+        "work": all_users[N_HOT : N_HOT + N_WORK],
+        "fresh": all_users[N_HOT + N_WORK :],
+        "domain_of": domain_of,
+    }
+
+
+# -- running ops ----------------------------------------------------------------------------
+
+
+def scaled(benchmark: Any, real: int, smoke: int) -> int:
+    """``real`` for a timed run; ``smoke`` with ``--benchmark-disable`` (body runs once)."""
+    return smoke if benchmark.disabled else real
+
+
+def measure(
+    benchmark: Any,
+    world: World,
+    key: str,
+    body: Callable[[], Awaitable[Any]],
+    *,
+    ops: int,
+    rounds: int,
+    warmup_rounds: int = 1,
+    setup: Callable[[], None] | None = None,
+    **info: Any,
+) -> None:
+    """Time ``body`` (a coroutine function doing ``ops`` operations) on the session loop.
+
+    ``setup`` runs before every round, untimed (it prepares cold state).
+    """
+    benchmark.extra_info["key"] = key
+    benchmark.extra_info["ops_per_round"] = ops
+    benchmark.extra_info.update(info)
+    loop = world.loop
+
+    def target() -> None:
+        loop.run_until_complete(body())
+
+    benchmark.pedantic(
+        target,
+        setup=setup,
+        rounds=rounds,
+        warmup_rounds=warmup_rounds,
+    )
+
+
+# -- counters -------------------------------------------------------------------------------
+
+
+class CountingValkey:
+    """Passes every call to a valkey-py client and counts the round trips.
+
+    A command awaited on the client is one round trip; a pipeline is one at
+    ``execute()``. Used in untimed passes only.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.round_trips = 0
+        self.commands: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if not asyncio.iscoroutine(result):
+                return result
+
+            async def counted() -> Any:
+                self.round_trips += 1
+                self.commands.append(name)
+                return await result
+
+            return counted()
+
+        return call
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return _CountingPipeline(self._inner.pipeline(*args, **kwargs), self)
+
+
+class _CountingPipeline:
+    def __init__(self, inner: Any, owner: CountingValkey) -> None:
+        self._inner = inner
+        self._owner = owner
+        self._names: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def queue(*args: Any, **kwargs: Any) -> Any:
+            self._names.append(name)
+            attr(*args, **kwargs)
+            return self
+
+        return queue
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._owner.round_trips += 1
+        self._owner.commands.append("pipeline[" + ",".join(self._names) + "]")
+        return await self._inner.execute(*args, **kwargs)
+
+
+class SqlCounter:
+    """Counts the statements an engine sends, while active."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+
+    def _on_execute(self, *_args: Any, **_kwargs: Any) -> None:
+        self.statements += 1
+
+    @contextmanager
+    def watching(self, engine: AsyncEngine) -> Iterator[SqlCounter]:
+        target = engine.sync_engine
+        event.listen(target, "before_cursor_execute", self._on_execute)
+        try:
+            yield self
+        finally:
+            event.remove(target, "before_cursor_execute", self._on_execute)
+
+
+# -- state helpers ----------------------------------------------------------------------------
+
+
+async def warm_valkey(world: World, user_ids: list[UUID], names: list[str]) -> None:
+    """Put the envelopes of ``user_ids`` x ``names`` into Valkey, as the read path does.
+
+    A process that does not know a user's domain skips the envelope fill once,
+    so an L2-only cache source reads twice; the third read must be a Valkey hit.
+    """
+    cache = AppConfigFragmentCacheSource(world.client, local_maxsize=0)
+    repo = world.repo(cache)
+    try:
+        for _ in range(2):
+            for uid in user_ids:
+                await repo.app_configs(uid, names)
+            await drain(cache)  # fills run in the background
+        before = cache.stats.db_loads
+        for uid in user_ids:
+            await repo.app_configs(uid, names)
+        if cache.stats.db_loads != before:
+            raise RuntimeError("warming Valkey failed: a third read still went to the DB")
+    finally:
+        await cache.aclose()
+
+
+async def drain(cache: AppConfigFragmentCacheSource | None) -> None:
+    """Wait for the cache source's background work (Valkey fills)."""
+    if cache is not None:
+        await cache.drain()
+
+
+async def count_trips(
+    world: World,
+    op: Callable[[AppConfigFragmentRepository], Awaitable[Any]],
+    *,
+    prepare: Callable[[AppConfigFragmentRepository], Awaitable[Any]] | None = None,
+    **cache_kwargs: Any,
+) -> dict[str, Any]:
+    """Valkey round trips and SQL statements of one ``op``, on a counting client.
+
+    ``prepare`` brings a fresh cache source into the state the benchmark measures.
+    """
+    counting = CountingValkey(world.client)
+    cache = AppConfigFragmentCacheSource(counting, **cache_kwargs)
+    repo = world.repo(cache)
+    try:
+        if prepare is not None:
+            await prepare(repo)
+            await cache.drain()
+        counting.round_trips = 0
+        counting.commands.clear()
+        counter = SqlCounter()
+        with counter.watching(world.engine):
+            await op(repo)
+            await cache.drain()  # the background fill is a round trip of this op too
+        return {
+            "valkey_round_trips": counting.round_trips,
+            "sql_statements": counter.statements,
+            "valkey_calls": list(counting.commands),
+        }
+    finally:
+        await cache.aclose()
+
+
+def record_latency(benchmark: Any, samples: list[float]) -> None:
+    """Store the median and p95 of per-request latencies (seconds) in ``extra_info``.
+
+    A per-op time is CPU-inclusive (background fills run inside the round); the
+    request latency is what one caller waits for.
+    """
+    if samples:
+        ordered = sorted(samples)
+        benchmark.extra_info["latency_median"] = ordered[len(ordered) // 2]
+        benchmark.extra_info["latency_p95"] = ordered[int(len(ordered) * 0.95)]
+
+
+def stats_delta(before: Any, after: Any, *fields: str) -> dict[str, int]:
+    return {f: getattr(after, f) - getattr(before, f) for f in fields}
+
+
+def snapshot(cache: AppConfigFragmentCacheSource) -> Any:
+    from dataclasses import replace
+
+    return replace(cache.stats)
+
+
+def merged_view_sql() -> tuple[Any, str]:
+    """The repository's merged-view statement, and the same text for asyncpg (``$1``, ``$2``)."""
+    from appconfig_cache.repositories.app_config_fragment.db_source import db_source
+
+    statement = db_source._MERGED_VIEW_SQL
+    text = statement.element.text.replace(":uid", "$1").replace(":names", "$2")
+    return statement, text

@@ -1,0 +1,206 @@
+"""Issue 8: the WebUI bootstrap of 8 documents, ``app_configs`` batched vs 8 ``app_config`` calls.
+
+At L1 (every view in L1), at L2 (``local_maxsize=0``, every envelope in Valkey)
+and cold (both tiers cold for the user: the user scope is invalidated before
+each round, untimed), plus the DB-only repository. Round trips and SQL
+statements of one bootstrap are counted on a counting client (untimed).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from appconfig_cache import AppConfigScopeType
+
+from .support import (
+    NAMES,
+    World,
+    count_trips,
+    drain,
+    measure,
+    scaled,
+    snapshot,
+    stats_delta,
+    warm_valkey,
+)
+
+pytestmark = pytest.mark.benchmark(group="bootstrap of 8 documents")
+
+N_L1 = 250
+N_L2 = 20
+N_COLD = 10
+_COUNTERS = ("l1_hits", "l1_misses", "l2_hits", "l2_misses", "db_loads")
+
+
+def _batched(repo):
+    async def read(uid):
+        return await repo.app_configs(uid, NAMES)
+
+    return read
+
+
+def _singles(repo):
+    get = repo.app_config
+
+    async def read(uid):
+        return [await get(uid, name) for name in NAMES]
+
+    return read
+
+
+SHAPES = {"batched": _batched, "singles": _singles}
+
+
+def _trips(world: World, shape: str, uid, prepare, **cache_kwargs):
+    return world.run(
+        count_trips(world, lambda r: SHAPES[shape](r)(uid), prepare=prepare, **cache_kwargs)
+    )
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_bootstrap_l1(benchmark, clean_valkey: World, shape: str) -> None:
+    world = clean_valkey
+    cache = world.cache(local_ttl=60.0)  # every timed read is an L1 hit (see test_l1_hit)
+    repo = world.repo(cache)
+    users = world.hot_users
+    read = SHAPES[shape](repo)
+    for uid in users:
+        world.run(read(uid))
+
+    async def body():
+        views = None
+        for i in range(N_L1):
+            views = await read(users[i & 63])
+        assert views is not None and len(views) == len(NAMES)
+
+    before = snapshot(cache)
+    measure(
+        benchmark,
+        world,
+        f"bootstrap.l1.{shape}",
+        body,
+        ops=N_L1,
+        rounds=scaled(benchmark, 60, 1),
+        documents=len(NAMES),
+    )
+    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    benchmark.extra_info["stats"] = delta
+
+    async def prepare(r):
+        await SHAPES[shape](r)(users[0])
+
+    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, local_ttl=60.0)
+    assert delta["l1_misses"] == 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_bootstrap_l2(benchmark, clean_valkey: World, shape: str) -> None:
+    world = clean_valkey
+    users = world.hot_users
+    world.run(warm_valkey(world, users, NAMES))
+    cache = world.cache(local_maxsize=0)
+    repo = world.repo(cache)
+    read = SHAPES[shape](repo)
+    for uid in users:
+        world.run(read(uid))
+
+    async def body():
+        views = None
+        for i in range(N_L2):
+            views = await read(users[i & 63])
+        assert views is not None and len(views) == len(NAMES)
+
+    before = snapshot(cache)
+    measure(
+        benchmark,
+        world,
+        f"bootstrap.l2.{shape}",
+        body,
+        ops=N_L2,
+        rounds=scaled(benchmark, 50, 1),
+        documents=len(NAMES),
+    )
+    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    benchmark.extra_info["stats"] = delta
+
+    async def prepare(r):
+        await SHAPES[shape](r)(users[0])
+
+    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, local_maxsize=0)
+    assert delta["db_loads"] == 0 and delta["l2_misses"] == 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_bootstrap_cold(benchmark, clean_valkey: World, shape: str) -> None:
+    world = clean_valkey
+    cache = world.cache()
+    repo = world.repo(cache)
+    read = SHAPES[shape](repo)
+    rounds = scaled(benchmark, 25, 1)
+    used = world.work_users[: (rounds + 1) * N_COLD]
+    world.run(warm_valkey(world, used, NAMES))
+    for uid in used:
+        world.run(read(uid))
+    cycle = itertools.cycle(range(0, len(used), N_COLD))
+    batch: list = []
+
+    def setup():
+        start = next(cycle)
+        batch[:] = used[start : start + N_COLD]
+
+        async def invalidate():
+            for uid in batch:
+                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
+
+        world.run(invalidate())
+
+    async def body():
+        for uid in batch:
+            await read(uid)
+        await drain(cache)  # the Valkey fills run in the background: count them in
+
+    before = snapshot(cache)
+    measure(
+        benchmark,
+        world,
+        f"bootstrap.cold.{shape}",
+        body,
+        ops=N_COLD,
+        rounds=rounds,
+        setup=setup,
+        documents=len(NAMES),
+    )
+    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    benchmark.extra_info["stats"] = delta
+    uid = world.work_users[-1]
+
+    async def prepare(r):
+        await SHAPES[shape](r)(uid)
+        await SHAPES[shape](r)(uid)
+        await r.cache_source.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
+
+    benchmark.extra_info["trips"] = _trips(world, shape, uid, prepare)
+    assert delta["l1_hits"] == 0 and delta["l2_hits"] == 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_bootstrap_db_only(benchmark, world: World, shape: str) -> None:
+    repo = world.repo(None)
+    read = SHAPES[shape](repo)
+    users = world.hot_users
+
+    async def body():
+        for i in range(N_COLD):
+            await read(users[i & 63])
+
+    measure(
+        benchmark,
+        world,
+        f"bootstrap.db_only.{shape}",
+        body,
+        ops=N_COLD,
+        rounds=scaled(benchmark, 25, 1),
+        documents=len(NAMES),
+    )

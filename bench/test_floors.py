@@ -1,0 +1,152 @@
+"""The floors: what each tier costs with nothing of ours around it."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from cachetools import TTLCache
+
+from appconfig_cache.tiered import keys as K
+
+from .support import NAME, World, measure, merged_view_sql, scaled, warm_valkey
+
+pytestmark = pytest.mark.benchmark(group="floors")
+
+# Same loop shape everywhere: N_FAST ops for in-memory work, N_RT for one network round
+# trip, N_SQL for a query (the per-round cost of run_until_complete is spread over them).
+N_FAST = 2000
+N_RT = 50
+N_SQL = 20
+
+
+def _hot_view(world: World):
+    repo = world.repo(None)
+    return world.run(repo.app_config(world.hot_users[0], NAME))
+
+
+def test_ttlcache_hit(benchmark, world: World) -> None:
+    """A raw ``cachetools.TTLCache`` hit of the same view, in the coroutine loop."""
+    view = _hot_view(world)
+    cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
+    keys = [(uid, NAME) for uid in world.hot_users]
+    for key in keys:
+        cache[key] = view
+
+    async def body():
+        value = None
+        for i in range(N_FAST):
+            value = cache[keys[i & 63]]
+        return value
+
+    measure(benchmark, world, "floor.ttlcache", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
+
+
+def test_ttlcache_hit_awaited(benchmark, world: World) -> None:
+    """The same hit behind one ``await`` of a coroutine function (what any async API adds)."""
+    view = _hot_view(world)
+    cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
+    keys = [(uid, NAME) for uid in world.hot_users]
+    for key in keys:
+        cache[key] = view
+
+    async def lookup(key):
+        return cache[key]
+
+    async def body():
+        value = None
+        for i in range(N_FAST):
+            value = await lookup(keys[i & 63])
+        return value
+
+    measure(
+        benchmark,
+        world,
+        "floor.ttlcache_awaited",
+        body,
+        ops=N_FAST,
+        rounds=scaled(benchmark, 100, 1),
+    )
+
+
+def test_valkey_get(benchmark, clean_valkey: World) -> None:
+    """A raw valkey-py asyncio ``GET`` of our envelope, on the client the cache uses."""
+    world = clean_valkey
+    world.run(warm_valkey(world, world.hot_users, [NAME]))
+    client = world.client
+    keys = [K.merged_key(uid, NAME) for uid in world.hot_users]
+    payload = world.run(client.get(keys[0]))
+    assert payload is not None
+
+    async def body():
+        value = None
+        for i in range(N_RT):
+            value = await client.get(keys[i & 63])
+        assert value is not None
+
+    measure(
+        benchmark,
+        world,
+        "floor.valkey_get",
+        body,
+        ops=N_RT,
+        rounds=scaled(benchmark, 60, 1),
+        payload_bytes=len(payload),
+    )
+
+
+def test_sql_sqlalchemy(benchmark, world: World) -> None:
+    """The merged-view SQL through SQLAlchemy (autocommit, rows fetched, no model building)."""
+    statement, _ = merged_view_sql()
+    read_engine = world.engine.execution_options(isolation_level="AUTOCOMMIT")
+    users = world.hot_users
+    names = [NAME]
+
+    async def body():
+        rows = None
+        for i in range(N_SQL):
+            async with read_engine.connect() as conn:
+                rows = (await conn.execute(statement, {"uid": users[i & 63], "names": names})).all()
+        assert rows
+
+    measure(
+        benchmark, world, "floor.sql_sqlalchemy", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1)
+    )
+
+
+def test_sql_asyncpg_prepared(benchmark, world: World) -> None:
+    """The same SQL as an asyncpg prepared statement on one connection (no pool, no decoding)."""
+    _, text = merged_view_sql()
+    url = sa.engine.make_url(world.database_url)
+
+    async def connect():
+        conn = await asyncpg.connect(
+            user=url.username,
+            password=url.password,
+            host=url.query.get("host") or url.host,
+            port=url.port,
+            database=url.database,
+        )
+        return conn, await conn.prepare(text)
+
+    conn, prepared = world.run(connect())
+    users = world.hot_users
+    names = [NAME]
+
+    async def body():
+        rows = None
+        for i in range(N_SQL):
+            rows = await prepared.fetch(users[i & 63], names)
+        assert rows
+
+    try:
+        measure(
+            benchmark,
+            world,
+            "floor.sql_asyncpg",
+            body,
+            ops=N_SQL,
+            rounds=scaled(benchmark, 40, 1),
+        )
+    finally:
+        world.run(conn.close())

@@ -1,0 +1,172 @@
+"""Invalidation cost with 10 and with 100,000 cached entries (O(1) means a ratio of about 1).
+
+Valkey is filled with real envelopes in the real key layout
+(``appconfig_cache.tiered.keys``), under the current generations, so each one
+is a hit until invalidated; L1 holds as many of them as it can. Then PUBLIC,
+DOMAIN and policy invalidation are timed through the cache source's API,
+beside a floor (the same pipelined ``SET NX`` + ``INCR`` sent raw). The legacy
+shape (delete by ``SCAN``) is timed beside it for PUBLIC.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from appconfig_cache import AppConfigScopeType
+from appconfig_cache.tiered import keys as K
+
+from .legacy import LegacyAppConfigCacheSource
+from .legacy import merged_key as legacy_key
+from .support import NAME, NAMES, World, measure, scaled, snapshot, warm_valkey
+
+pytestmark = pytest.mark.benchmark(group="invalidation")
+
+SIZES = (10, 100_000)
+N_OPS = 50
+_CHUNK = 2000
+
+
+def _entries(benchmark, size: int) -> int:
+    return size if size <= 1000 else scaled(benchmark, size, 1000)
+
+
+async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str]]]:
+    """``size`` live envelopes for synthetic users of one domain; returns (domain, entries)."""
+    template = world.hot_users[0]
+    domain = world.domain_of[template]
+    await warm_valkey(world, [template], NAMES)  # creates the generations, as a real read does
+    client = world.client
+    gen_keys = [K.PUBLIC_GEN, K.domain_gen_key(domain), *map(K.name_gen_key, NAMES)]
+    values = dict(zip(gen_keys, await client.mget(gen_keys), strict=True))
+    public, by_domain = int(values[K.PUBLIC_GEN]), int(values[K.domain_gen_key(domain)])
+    repo = world.repo(None)
+    data = {name: (await repo.app_config(template, name)).model_dump_json() for name in NAMES}
+    entries: list[tuple[uuid.UUID, str]] = []
+    users = [uuid.uuid4() for _ in range(-(-size // len(NAMES)))]
+    for uid in users:
+        for name in NAMES:
+            if len(entries) < size:
+                entries.append((uid, name))
+    user_gen = 1 << 40
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for uid in users:
+        pipe.set(K.user_gen_key(uid), user_gen)
+        pipe.set(K.user_domain_key(uid), domain, ex=600)
+        queued += 2
+    for uid, name in entries:
+        gens = (public, int(values[K.name_gen_key(name)]), by_domain, user_gen)
+        body = data[name].replace(str(template), str(uid))
+        pipe.set(K.merged_key(uid, name), K.encode_envelope(uid, name, domain, gens, body), ex=600)
+        queued += 1
+        if queued >= _CHUNK:
+            await pipe.execute()
+            pipe = client.pipeline(transaction=False)
+            queued = 0
+    await pipe.execute()
+    return domain, entries
+
+
+async def _raw_bump(cache, domain):
+    # The floor: the one pipelined round trip an invalidation needs, without our code.
+    pipe = cache.client.pipeline(transaction=False)
+    pipe.set(K.PUBLIC_GEN, 1, nx=True)
+    pipe.incr(K.PUBLIC_GEN)
+    await pipe.execute()
+
+
+INVALIDATIONS = {
+    "floor": _raw_bump,
+    "public": lambda cache, domain: cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public"),
+    "domain": lambda cache, domain: cache.invalidate_for_scope(AppConfigScopeType.DOMAIN, domain),
+    "policy": lambda cache, domain: cache.invalidate_for_policy(NAME),
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", list(INVALIDATIONS))
+def test_invalidation(benchmark, clean_valkey: World, kind: str, size: int) -> None:
+    world = clean_valkey
+    entries_n = _entries(benchmark, size)
+    domain, entries = world.run(_fill(world, entries_n))
+    cache = world.cache()
+    repo = world.repo(cache)
+
+    async def load_l1():
+        # Every entry is a live envelope: reading it is a Valkey hit that fills L1.
+        for uid, name in entries[: min(len(entries), 4096)]:
+            await repo.app_config(uid, name)
+
+    before = snapshot(cache)
+    world.run(load_l1())
+    assert cache.stats.db_loads == before.db_loads, "the synthetic envelopes did not match"
+    dbsize = world.run(world.client.dbsize())
+    invalidate = INVALIDATIONS[kind]
+
+    async def body():
+        for _ in range(N_OPS):
+            await invalidate(cache, domain)
+
+    measure(
+        benchmark,
+        world,
+        f"invalidation.{kind}.{size}",
+        body,
+        ops=N_OPS,
+        rounds=scaled(benchmark, 60, 1),
+        entries=len(entries),
+        l1_entries=cache.local_size(),
+        valkey_keys=dbsize,
+    )
+    if kind == "floor":
+        return
+    # The invalidation took effect: the first synthetic entry is no longer served from cache.
+    uid, name = entries[0]
+    if kind == "policy" and name != NAME:
+        uid, name = next((u, n) for u, n in entries if n == NAME)
+    loads = cache.stats.db_loads
+    world.run(repo.app_config(uid, name))
+    assert cache.stats.db_loads == loads + 1
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_legacy_invalidation_public(benchmark, clean_valkey: World, size: int) -> None:
+    """The legacy shape: PUBLIC deletes the whole prefix with SCAN + UNLINK (refilled untimed)."""
+    world = clean_valkey
+    entries_n = _entries(benchmark, size)
+    legacy = LegacyAppConfigCacheSource(world.client)
+    template = world.hot_users[0]
+    repo = world.repo(None)
+    data = {name: world.run(repo.app_config(template, name)).model_dump_json() for name in NAMES}
+    users = [uuid.uuid4() for _ in range(-(-entries_n // len(NAMES)))]
+    entries = [(u, n) for u in users for n in NAMES][:entries_n]
+
+    async def refill():
+        pipe = world.client.pipeline(transaction=False)
+        for i, (uid, name) in enumerate(entries, 1):
+            pipe.set(legacy_key(uid, name), data[name].replace(str(template), str(uid)), ex=600)
+            if i % _CHUNK == 0:
+                await pipe.execute()
+                pipe = world.client.pipeline(transaction=False)
+        await pipe.execute()
+
+    def setup():
+        world.run(refill())
+
+    async def body():
+        await legacy.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
+
+    measure(
+        benchmark,
+        world,
+        f"legacy.invalidation.public.{size}",
+        body,
+        ops=1,
+        rounds=scaled(benchmark, 3 if size > 1000 else 30, 1),
+        warmup_rounds=0,
+        setup=setup,
+        entries=len(entries),
+    )
+    assert world.run(world.client.dbsize()) == 0

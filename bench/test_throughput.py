@@ -1,0 +1,140 @@
+"""Throughput of a skewed WebUI-bootstrap workload: 64 concurrent requests, 1% writes.
+
+A request is ``my_app_configs(user)`` (the bootstrap), the user drawn from a
+Zipf distribution (s = 1.1) over 2,000 users; 1% of the requests are
+``bulk_update_my`` of the user's ``theme`` instead. The same request sequence
+runs against DB only, Valkey only and L1 + Valkey. Each round serves a fixed
+number of requests after an untimed warm-up; requests per second =
+requests / round time. With a cache, Valkey is first filled with every user's
+envelopes (the steady state of a server that has run longer than a few seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+
+import pytest
+
+from appconfig_cache import MyFragmentInput
+
+from .support import (
+    NAME,
+    NAMES,
+    World,
+    drain,
+    measure,
+    scaled,
+    snapshot,
+    stats_delta,
+    user_config,
+    warm_valkey,
+)
+
+pytestmark = pytest.mark.benchmark(group="throughput")
+
+CONCURRENCY = 64
+ZIPF_S = 1.1
+WRITE_SHARE = 0.01
+
+
+def _requests(world: World, count: int, seed: int) -> list[tuple[object, bool]]:
+    users = world.work_users
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) ** ZIPF_S for rank in range(len(users))]
+    cum = list(itertools.accumulate(weights))
+    picks = rng.choices(users, cum_weights=cum, k=count)
+    return [(uid, rng.random() < WRITE_SHARE) for uid in picks]
+
+
+async def _serve(repo, requests: list[tuple[object, bool]], counter: dict) -> None:
+    it = iter(requests)
+
+    async def worker() -> None:
+        for uid, write in it:
+            if write:
+                counter["writes"] += 1
+                counter["n"] += 1
+                result = await repo.bulk_update_my(
+                    uid, [MyFragmentInput(name=NAME, config=user_config(NAME, counter["n"]))]
+                )
+                assert not result.failures, result.failures
+            else:
+                views = await repo.my_app_configs(uid)
+                assert views
+            counter["requests"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+def _throughput(benchmark, world: World, key: str, cache_kwargs: dict | None) -> None:
+    count = scaled(benchmark, 3000, 200)
+    rounds = scaled(benchmark, 3, 1)
+    world.flush_valkey()
+    if cache_kwargs is not None:
+        # Steady state: at these rates every user of the population comes back well within
+        # the envelope TTL (600 s), so Valkey holds every user's envelopes.
+        warm = world.work_users[: scaled(benchmark, len(world.work_users), 50)]
+        world.run(warm_valkey(world, warm, NAMES))
+    cache = None if cache_kwargs is None else world.cache(**cache_kwargs)
+    repo = world.repo(cache)
+    counter = {"requests": 0, "writes": 0, "n": 0}
+    seeds = itertools.count(1)
+    current: list = []
+
+    def setup():
+        # Untimed warm-up with another draw of the same distribution (this process's L1,
+        # generations and user domains), then the timed draw.
+        warmup = _requests(world, count // 3, 1000 + next(seeds))
+        world.run(_serve(repo, warmup, dict(counter)))
+        world.run(drain(cache))
+        current[:] = _requests(world, count, 1)
+        counter.update(requests=0, writes=0)
+
+    async def body():
+        await _serve(repo, current, counter)
+        await drain(cache)
+
+    before = snapshot(cache) if cache is not None else None
+    measure(
+        benchmark,
+        world,
+        key,
+        body,
+        ops=count,
+        rounds=rounds,
+        warmup_rounds=0,
+        setup=setup,
+        concurrency=CONCURRENCY,
+        zipf_s=ZIPF_S,
+        users=len(world.work_users),
+        write_share=WRITE_SHARE,
+    )
+    benchmark.extra_info["writes_last_round"] = counter["writes"]
+    if cache is not None:
+        benchmark.extra_info["stats"] = stats_delta(
+            before,
+            cache.stats,
+            "l1_hits",
+            "l1_misses",
+            "l2_hits",
+            "l2_misses",
+            "db_loads",
+            "valkey_timeouts",
+            "valkey_errors",
+            "breaker_opens",
+        )
+    assert counter["requests"] == count
+
+
+def test_throughput_db_only(benchmark, world: World) -> None:
+    _throughput(benchmark, world, "throughput.db_only", None)
+
+
+def test_throughput_valkey_only(benchmark, world: World) -> None:
+    _throughput(benchmark, world, "throughput.valkey_only", {"local_maxsize": 0})
+
+
+def test_throughput_l1_valkey(benchmark, world: World) -> None:
+    _throughput(benchmark, world, "throughput.l1_valkey", {})
