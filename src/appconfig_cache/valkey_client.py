@@ -18,13 +18,19 @@ def make_valkey_client(
 
     - socket timeouts bound every round trip; the cache source adds its own budget;
     - the pool is bounded, and a caller waits for a free connection (no unbounded growth);
-    - no retries: a failed call becomes a cache miss at once, instead of a retry storm.
+    - one immediate retry on a connection error, on a fresh connection: a pooled
+      connection that a network blip or a server restart reset fails once, and
+      must not count as Valkey being down; a timeout is never retried, so a
+      failed call becomes a cache miss at once instead of a retry storm.
 
     TLS and ACL pass through: a ``rediss://`` URL (hostname checking stays on),
     ``username=``/``password=``, ``ssl_ca_certs=`` and the other valkey-py keywords.
     """
     from valkey.asyncio import BlockingConnectionPool, Valkey
     from valkey.asyncio.cluster import ValkeyCluster
+    from valkey.asyncio.retry import Retry
+    from valkey.backoff import NoBackoff
+    from valkey.exceptions import ConnectionError as ValkeyConnectionError
 
     if cluster:
         # One retry lets the client refresh its slot map after a failover; the
@@ -37,6 +43,8 @@ def make_valkey_client(
             max_connections=max_connections,
             **kwargs,
         )
+    kwargs.setdefault("retry", Retry(NoBackoff(), 1))
+    kwargs.setdefault("retry_on_error", [ValkeyConnectionError])
     pool = BlockingConnectionPool.from_url(
         url,
         socket_timeout=socket_timeout,
@@ -45,4 +53,4 @@ def make_valkey_client(
         timeout=socket_connect_timeout,
         **kwargs,
     )
-    return Valkey(connection_pool=pool, auto_close_connection_pool=True)
+    return Valkey.from_pool(pool)  # aclose() closes the pool too

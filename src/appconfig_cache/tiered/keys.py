@@ -8,6 +8,7 @@ no input can name another entry's key or a glob.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,8 @@ PREFIX = "app_config:"
 PUBLIC_GEN = PREFIX + "gen:public"
 POLICIES_GEN = PREFIX + "gen:policies"
 POLICY_NAMES = PREFIX + "policy_names"
+#: a pseudo generation in the local cache (never stored): the server's identity
+EPOCH = PREFIX + "epoch"
 #: the domain of a user who has no users row: no domain scope applies
 NO_DOMAIN = ""
 ENVELOPE_VERSION = 1
@@ -46,40 +49,101 @@ def name_gen_key(name: str) -> str:
 
 
 def encode_envelope(
-    user_id: UUID, name: str, domain: str, gens: tuple[int, int, int, int], data_json: str
+    user_id: UUID,
+    name: str,
+    domain: str,
+    gens: tuple[int, int, int, int],
+    epoch: int,
+    data_json: str,
 ) -> bytes:
-    """``{"v", "u", "n", "d", "g": [public, name, domain, user], "data"}`` as bytes.
+    """A header line, then the view: two compact JSON documents.
 
-    ``data_json`` is ``AppConfigData.model_dump_json()``, made once by the caller.
+    ``{"v": 1, "u": user, "n": name, "d": domain, "g": [public, name, domain, user],
+    "e": epoch}``, a newline, then ``AppConfigData`` as JSON (made once by the
+    caller). Compact JSON never holds a raw newline, so the header is read, and
+    an outdated envelope rejected, without parsing the view. ``e`` is the
+    server's identity (from its ``run_id``): a restart, a restore or a failover
+    changes it, and no envelope from before can match again.
     """
     head = json.dumps(
-        {"v": ENVELOPE_VERSION, "u": str(user_id), "n": name, "d": domain, "g": list(gens)},
+        {
+            "v": ENVELOPE_VERSION,
+            "u": str(user_id),
+            "n": name,
+            "d": domain,
+            "g": list(gens),
+            "e": epoch,
+        },
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return (head[:-1] + ',"data":' + data_json + "}").encode()
+    return (head + "\n" + data_json).encode()
 
 
 class BadEnvelope(Exception):
     """A payload that is not one of our envelopes. Never leaves the cache source."""
 
 
-def decode_envelope(raw: bytes) -> tuple[str, str, str, list[Any], AppConfigData]:
-    """Return ``(user, name, domain, gens, data)`` or raise :class:`BadEnvelope`."""
+class Header:
+    """An envelope's header; ``body`` is where the view's JSON starts."""
+
+    __slots__ = ("body", "domain", "epoch", "gens", "name", "user")
+
+    def __init__(
+        self, user: str, name: str, domain: str, gens: list[Any], epoch: int, body: int
+    ) -> None:
+        self.user = user
+        self.name = name
+        self.domain = domain
+        self.gens = gens
+        self.epoch = epoch
+        self.body = body
+
+
+def decode_header(raw: bytes) -> Header:
+    """Read the header line of an envelope, or raise :class:`BadEnvelope`."""
+    end = raw.find(b"\n")
+    if end < 0:
+        raise BadEnvelope("no header line")
     try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
-            raise BadEnvelope("unknown envelope version")
-        user, name, domain, gens = doc["u"], doc["n"], doc["d"], doc["g"]
-        if not (
-            isinstance(user, str)
-            and isinstance(name, str)
-            and isinstance(domain, str)
-            and isinstance(gens, list)
-            and len(gens) == 4
-        ):
-            raise BadEnvelope("malformed envelope header")
-        data = AppConfigData.model_validate(doc["data"])
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        doc = json.loads(raw[:end])
+    except ValueError as exc:
         raise BadEnvelope(str(exc)) from None
-    return user, name, domain, gens, data
+    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+        raise BadEnvelope("unknown envelope version")
+    user, name, domain, gens = doc.get("u"), doc.get("n"), doc.get("d"), doc.get("g")
+    epoch = doc.get("e")
+    if not (
+        isinstance(user, str)
+        and isinstance(name, str)
+        and isinstance(domain, str)
+        and isinstance(gens, list)
+        and len(gens) == 4
+        and isinstance(epoch, int)
+    ):
+        raise BadEnvelope("malformed envelope header")
+    return Header(user, name, domain, gens, epoch, end + 1)
+
+
+def epoch_of(info: Any) -> int:
+    """A 62-bit identity of the server(s) from ``INFO server``: one node's or a cluster's."""
+    if isinstance(info, dict) and isinstance(info.get("run_id"), str):
+        run_ids = [info["run_id"]]
+    elif isinstance(info, dict):  # a cluster: {node: {... "run_id": ...}}
+        run_ids = sorted(
+            str(node.get("run_id")) for node in info.values() if isinstance(node, dict)
+        )
+    else:
+        raise BadEnvelope(f"unexpected INFO reply: {type(info).__name__}")
+    if not run_ids:
+        raise BadEnvelope("INFO named no run_id")
+    digest = hashlib.blake2b(",".join(run_ids).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
+def decode_body(raw: bytes, header: Header) -> AppConfigData:
+    """Parse and validate the view after the header, or raise :class:`BadEnvelope`."""
+    try:
+        return AppConfigData.model_validate_json(raw[header.body :])
+    except ValidationError as exc:
+        raise BadEnvelope(str(exc)) from None

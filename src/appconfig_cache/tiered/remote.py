@@ -105,6 +105,11 @@ class CircuitBreaker:
         if len(self._outcomes) >= self.min_calls and failures >= self.failure_threshold:
             self._open()
 
+    def abandon(self) -> None:
+        """The half-open trial call was cancelled: let the next call try instead."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._trial_running = False
+
     def trip(self) -> None:
         """Open now: a hang was confirmed."""
         self._open()
@@ -138,6 +143,8 @@ class Remote:
         self.probe_timeout = probe_timeout
         self._probe: asyncio.Task[None] | None = None
         self._suspect_timeouts = 0
+        #: called when Valkey looked unreachable (it may have restarted)
+        self.on_unavailable: Callable[[], None] = lambda: None
 
     def available(self) -> bool:
         return self.breaker.allow()
@@ -154,11 +161,17 @@ class Remote:
         except UNAVAILABLE:
             self.stats.valkey_errors += 1
             self.breaker.failure()
+            self.on_unavailable()
             raise
         except Exception:
             # OOM, WRONGTYPE, an odd reply: Valkey answered, so it is up.
             self.stats.valkey_refusals += 1
             self.breaker.success()
+            raise
+        except BaseException:
+            # Cancelled by our caller: no verdict on Valkey, but a half-open
+            # trial must not stay "running" forever.
+            self.breaker.abandon()
             raise
         self.breaker.success()
         return result

@@ -205,11 +205,20 @@ class AppConfigFragmentRepository:
             result: AppConfigFragmentData = await write(conn, *payload)
             return result
 
-        done, db_failures = await self._db.run_items(valid, run_one)
-        failures = sorted(failures + db_failures, key=lambda f: f.index)
+        done: list[tuple[int, AppConfigFragmentData]] = []
+        try:
+            failures += await self._db.run_items(valid, run_one, done)
+        except BaseException:
+            # Cancelled (or failed) half-way: an item may have committed without our
+            # knowing. Invalidate every scope the call could have touched.
+            if self._cache is not None:
+                self._cache.invalidate_scopes_nowait(
+                    dict.fromkeys((key.scope_type, key.scope_id) for _, (key, _c) in valid)
+                )
+            raise
         if self._cache is not None and done:
             await self._cache.invalidate_scopes(_scopes(f for _, f in done))
-        return done, failures
+        return done, sorted(failures, key=lambda f: f.index)
 
     def _known_name(self, name: str) -> bool:
         try:

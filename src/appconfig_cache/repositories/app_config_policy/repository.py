@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ...errors import AppConfigError
 from ...types import AppConfigPolicyData, AppConfigScopeType
 from ...validation import validate_name, validate_scope_sources
 from ..app_config_fragment.cache_source import AppConfigFragmentCacheSource
@@ -29,9 +31,8 @@ class AppConfigPolicyRepository:
         """Create the policy of ``config_name``; ``PolicyAlreadyExistsError`` if it exists."""
         name = validate_name(config_name)
         chain = validate_scope_sources(scope_sources)
-        created = await self._db.create(name, chain)
-        await self._invalidate(name)
-        return created
+        async with self._invalidating(name):
+            return await self._db.create(name, chain)
 
     async def update(
         self, config_name: str, scope_sources: Sequence[AppConfigScopeType | str]
@@ -39,19 +40,34 @@ class AppConfigPolicyRepository:
         """Replace the merge chain; ``PolicyNotFoundError`` if there is no policy."""
         name = validate_name(config_name)
         chain = validate_scope_sources(scope_sources)
-        updated = await self._db.update(name, chain)
-        await self._invalidate(name)
-        return updated
+        async with self._invalidating(name):
+            return await self._db.update(name, chain)
 
     async def purge(self, config_name: str) -> None:
         """Delete the policy; ``PolicyInUseError`` while fragments reference it."""
         name = validate_name(config_name)
-        await self._db.purge(name)
-        await self._invalidate(name)
+        async with self._invalidating(name):
+            await self._db.purge(name)
 
     async def get(self, config_name: str) -> AppConfigPolicyData | None:
         return await self._db.get(validate_name(config_name))
 
-    async def _invalidate(self, name: str) -> None:
-        if self._cache is not None:
-            await self._cache.invalidate_for_policy(name)
+    @contextlib.asynccontextmanager
+    async def _invalidating(self, name: str) -> AsyncIterator[None]:
+        """Run a write, then invalidate ``name``'s slice before returning.
+
+        A refused write (an ``AppConfigError``) changed nothing. A cancelled or
+        failed one may have committed: L1 is invalidated at once and the Valkey
+        bump left pending, to be replayed before Valkey is trusted again.
+        """
+        cache = self._cache
+        try:
+            yield
+        except AppConfigError:
+            raise
+        except BaseException:
+            if cache is not None:
+                cache.invalidate_for_policy_nowait(name)
+            raise
+        if cache is not None:
+            await cache.invalidate_for_policy(name)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from cachetools import LRUCache
+
 from ....errors import AppConfigError, CacheSettingsError
 from ....tiered import keys as K
 from ....tiered.broadcast import Broadcast, is_cluster
@@ -70,6 +72,8 @@ class _FillPlan:
     domain_gen: int | None
     user: int | None
     user_domain: str | None  # what Valkey's user_domain key said
+
+    epoch: int | None = None
 
     def gens(self, name: str) -> tuple[int, int, int, int] | None:
         values = (self.public, self.names.get(name), self.domain_gen, self.user)
@@ -147,10 +151,18 @@ class AppConfigFragmentCacheSource:
         self._timer = timer
         self._stats = CacheStats()
         self._local = LocalTier(local_maxsize, local_ttl, timer)
+        # Envelope bytes -> parsed view, so an envelope fetched again after its L1
+        # entry expired is not parsed again. Safe: the bytes are compared in full
+        # and the header's generations are checked on every fetch. Off with L1.
+        self._decoded: LRUCache[tuple[UUID, str], tuple[bytes, AppConfigData]] | None = (
+            LRUCache(maxsize=local_maxsize) if local_maxsize > 0 else None
+        )
         self._remote = Remote(
             valkey_client, breaker, self._stats, timeout=timeout, probe_timeout=probe_timeout
         )
         self._throttle = LogThrottle(log_interval, timer)
+        # A connection failure may be a restart: read the server's identity again.
+        self._remote.on_unavailable = lambda: self._local.forget_gen(K.EPOCH, self._next_seq())
         self._flights: Flights[AppConfigData] = Flights()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
@@ -221,10 +233,19 @@ class AppConfigFragmentCacheSource:
 
     async def invalidate_for_policy(self, config_name: str) -> None:
         """Drop every view of ``config_name`` (and the cached list of policy names)."""
+        await self._bump(self._invalidate_policy_local(config_name))
+
+    def invalidate_for_policy_nowait(self, config_name: str) -> None:
+        """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write)."""
+        gen_keys = self._invalidate_policy_local(config_name)
+        self._stats.invalidations += len(gen_keys)
+        self._defer(gen_keys, self._next_seq())
+
+    def _invalidate_policy_local(self, config_name: str) -> list[str]:
         validate_name(config_name)
         self._local.invalidate_name(config_name)
         self._policies_at = self._local.mark()
-        await self._bump([K.name_gen_key(config_name), K.POLICIES_GEN])
+        return [K.name_gen_key(config_name), K.POLICIES_GEN]
 
     # -- what the repository calls ------------------------------------------------
 
@@ -239,6 +260,21 @@ class AppConfigFragmentCacheSource:
 
     async def invalidate_scopes(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
         """Invalidate validated scopes: L1 first, then one Valkey round trip for all."""
+        gen_keys = self._invalidate_local(scopes)
+        if gen_keys:
+            await self._bump(gen_keys)
+
+    def invalidate_scopes_nowait(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
+        """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write).
+
+        Until the next read replays them, this process does not trust Valkey.
+        """
+        gen_keys = self._invalidate_local(scopes)
+        self._stats.invalidations += len(gen_keys)
+        self._defer(gen_keys, self._next_seq())
+
+    def _invalidate_local(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> list[str]:
+        """Bump the local records of each scope; return the generation keys, each once."""
         gen_keys: dict[str, None] = {}
         local = self._local
         for kind, scope_id in scopes:
@@ -252,8 +288,7 @@ class AppConfigFragmentCacheSource:
             else:
                 local.invalidate_domain(scope_id)
                 gen_keys[K.domain_gen_key(scope_id)] = None
-        if gen_keys:
-            await self._bump(list(gen_keys))
+        return list(gen_keys)
 
     async def read_through(
         self, user_id: UUID, names: Sequence[str], loader: Loader
@@ -313,13 +348,15 @@ class AppConfigFragmentCacheSource:
         epoch = self._local.epoch
         names: list[str] | None = None
         gen: int | None = None
-        if await self._l2_ready():
+        server = self._epoch(now)
+        if await self._l2_ready() and (server is not None or await self._fetch_epoch(now)):
+            server = self._epoch(now)
             names, gen = await self._l2_policy_names()
         if names is None:
             names = await loader()
             self._stats.db_loads += 1
-            if gen is not None:
-                payload = json.dumps({"g": gen, "names": names}).encode()
+            if gen is not None and server is not None:
+                payload = json.dumps({"g": gen, "e": server, "names": names}).encode()
                 with suppress_with_log(
                     Exception, "valkey fill failed", logger=_logger, throttle=self._throttle
                 ):
@@ -341,22 +378,22 @@ class AppConfigFragmentCacheSource:
 
         try:
             raw, raw_gen = await self._remote.call(run)
-        except Exception as exc:
+        except Exception as exc:  # failures, and replies of another shape
             self._log_failure("valkey read failed", exc)
             return None, None
         gen = _as_int(raw_gen)
-        if gen is None:
+        epoch = self._epoch(self._timer())
+        if gen is None or epoch is None:
             return None, None  # just created: nothing cached can match it
         try:
             doc = json.loads(raw) if raw is not None else None
-            if isinstance(doc, dict) and doc.get("g") == gen:
+            if isinstance(doc, dict) and doc.get("g") == gen and doc.get("e") == epoch:
                 names = doc.get("names")
                 if isinstance(names, list) and all(isinstance(n, str) for n in names):
                     self._stats.l2_hits += 1
                     return [validate_name(n) for n in names], gen
-        except (ValueError, AppConfigError) as exc:
-            self._stats.envelopes_rejected += 1
-            self._log_failure("rejected a malformed policy-name list", exc)
+        except (ValueError, TypeError, AppConfigError) as exc:
+            self._reject("rejected a malformed policy-name list", exc)
         self._stats.l2_misses += 1
         return None, gen
 
@@ -450,11 +487,22 @@ class AppConfigFragmentCacheSource:
             self._local.put(user_id, name, view, domain, epoch, expires)
             if plan is None:
                 continue
-            gens = plan.gens(name) if domain is not None and plan.domain == domain else None
+            gens = (
+                plan.gens(name)
+                if domain is not None and plan.domain == domain and plan.epoch is not None
+                else None
+            )
             if gens is None:
                 self._stats.fills_skipped += 1
                 continue
-            envelope = K.encode_envelope(user_id, name, domain, gens, data_json)  # type: ignore[arg-type]
+            envelope = K.encode_envelope(
+                user_id,
+                name,
+                domain,  # type: ignore[arg-type]
+                gens,
+                plan.epoch,  # type: ignore[arg-type]
+                data_json,
+            )
             sets.append((K.merged_key(user_id, name), envelope))
         if plan is None:
             return
@@ -525,6 +573,9 @@ class AppConfigFragmentCacheSource:
         """One ``MGET`` in the user's slot (plus due generations); validate the envelopes."""
         local = self._local
         now = self._timer()
+        if self._epoch(now) is None and not await self._fetch_epoch(now):
+            self._stats.l2_skipped += len(names)
+            return {}, None
         seq = self._next_seq()
         domain = local.domains.get(user_id)
         wanted = [K.PUBLIC_GEN, *map(K.name_gen_key, names)]
@@ -551,20 +602,29 @@ class AppConfigFragmentCacheSource:
             self._log_failure("valkey read failed", exc)
             self._stats.l2_skipped += len(names)
             return {}, None
-        values = reply if not due else reply[0]
-        if due:
-            for key, raw in zip(due, reply[1:], strict=True):
-                local.set_gen(key, _as_int(raw), now, seq)
-        user_gen = _as_int(values[-2])
-        raw_domain = values[-1]
-        user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
+        try:
+            values = reply if not due else reply[0]
+            if not isinstance(values, list) or len(values) != len(user_keys):
+                raise TypeError(f"MGET answered {type(values).__name__}")
+            if due:
+                for key, raw in zip(due, reply[1:], strict=True):
+                    local.set_gen(key, _as_int(raw), now, seq)
+            user_gen = _as_int(values[-2])
+            raw_domain = values[-1]
+            user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
+        except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
+            self._reject("valkey answered a reply of the wrong shape", exc)
+            self._stats.l2_skipped += len(names)
+            return {}, None
         if user_domain is not None:
             domain = user_domain
             local.domains[user_id] = user_domain
 
-        candidates = self._decode(user_id, names, values, user_domain)
+        candidates = self._headers(user_id, names, values, user_domain)
         # Domains named by envelopes or the user_domain key whose generation is not cached.
-        needed = {d for _, d, _, _ in candidates} | ({domain} if domain else set())
+        needed = {header.domain for _, _, header in candidates}
+        if domain:
+            needed.add(domain)
         late = [
             K.domain_gen_key(d)
             for d in needed
@@ -574,13 +634,16 @@ class AppConfigFragmentCacheSource:
             return {}, None
 
         found: dict[str, AppConfigData] = {}
-        for name, env_domain, env_gens, data in candidates:
-            current, oldest = self._current(name, env_domain, user_gen, now)
-            if current is not None and env_gens == current:
-                found[name] = data
-                self._local.put(user_id, name, data, env_domain, epoch, oldest + self.local_ttl)
-            else:
+        server_epoch = self._epoch(now)
+        for name, raw, header in candidates:
+            current, oldest = self._current(name, header.domain, user_gen, now)
+            if current is None or header.gens != current or header.epoch != server_epoch:
                 self._stats.envelopes_outdated += 1
+                continue
+            data = self._body(user_id, name, raw, header)
+            if data is not None:
+                found[name] = data
+                local.put(user_id, name, data, header.domain, epoch, oldest + self.local_ttl)
         self._stats.l2_hits += len(found)
         self._stats.l2_misses += len(names) - len(found)
         missing = names if force else [name for name in names if name not in found]
@@ -589,34 +652,52 @@ class AppConfigFragmentCacheSource:
         plan = await self._make_plan(user_id, missing, domain, user_gen, user_domain, now)
         return found, plan
 
-    def _decode(
+    def _headers(
         self, user_id: UUID, names: list[str], values: list[Any], user_domain: str | None
-    ) -> list[tuple[str, str, list[Any], AppConfigData]]:
+    ) -> list[tuple[str, bytes, K.Header]]:
+        """The envelopes whose header names this user, name and domain."""
         uid_text = str(user_id)
         out = []
         for name, raw in zip(names, values, strict=False):
             if raw is None:
                 continue
             try:
-                env_user, env_name, env_domain, env_gens, data = K.decode_envelope(raw)
+                header = K.decode_header(raw)
             except K.BadEnvelope as exc:
-                self._stats.envelopes_rejected += 1
-                self._log_failure("rejected a malformed cache envelope", exc)
+                self._reject("rejected a malformed cache envelope", exc)
                 continue
-            if (
-                env_user != uid_text
-                or env_name != name
-                or data.user_id != user_id
-                or data.name != name
-            ):
-                self._stats.envelopes_rejected += 1
-                self._log_failure("rejected a foreign cache envelope", ValueError(name))
+            if header.user != uid_text or header.name != name:
+                self._reject("rejected a foreign cache envelope", ValueError(name))
                 continue
-            if user_domain is not None and env_domain != user_domain:
+            if user_domain is not None and header.domain != user_domain:
                 self._stats.envelopes_outdated += 1  # the user moved domain
                 continue
-            out.append((name, env_domain, env_gens, data))
+            out.append((name, raw, header))
         return out
+
+    def _body(self, user_id: UUID, name: str, raw: bytes, header: K.Header) -> AppConfigData | None:
+        """The view of a current envelope; the same bytes are parsed once (memo)."""
+        memo = self._decoded
+        key = (user_id, name)
+        if memo is not None:
+            seen = memo.get(key)
+            if seen is not None and seen[0] == raw:
+                return seen[1]
+        try:
+            data = K.decode_body(raw, header)
+        except K.BadEnvelope as exc:
+            self._reject("rejected a malformed cache envelope", exc)
+            return None
+        if data.user_id != user_id or data.name != name:
+            self._reject("rejected a foreign cache envelope", ValueError(name))
+            return None
+        if memo is not None:
+            memo[key] = (raw, data)
+        return data
+
+    def _reject(self, message: str, exc: BaseException) -> None:
+        self._stats.envelopes_rejected += 1
+        self._log_failure(message, exc)
 
     def _current(
         self, name: str, domain: str, user_gen: int | None, now: float
@@ -635,6 +716,22 @@ class AppConfigFragmentCacheSource:
         if any(v is None for v in values):
             return None, now
         return values, min(public[1], by_name[1], by_domain[1])  # type: ignore[return-value]
+
+    def _epoch(self, now: float) -> int | None:
+        cached = self._local.gen(K.EPOCH, now)
+        return None if cached is None else cached[0]
+
+    async def _fetch_epoch(self, now: float) -> bool:
+        """Read the server's identity (``run_id``); it lives ``local_ttl`` like a generation."""
+        seq = self._next_seq()
+        try:
+            info = await self._remote.call(lambda: self.client.info("server"))
+            epoch = K.epoch_of(info)
+        except Exception as exc:
+            self._log_failure("valkey epoch read failed", exc)
+            return False
+        self._local.set_gen(K.EPOCH, epoch, now, seq)
+        return True
 
     async def _fetch_gens(self, gen_keys: list[str], now: float) -> bool:
         seq = self._next_seq()
@@ -707,6 +804,7 @@ class AppConfigFragmentCacheSource:
             domain_gen=domain_gen,
             user=known[user_key],
             user_domain=user_domain,
+            epoch=self._epoch(now),
         )
 
     # -- invalidation ---------------------------------------------------------------
@@ -743,9 +841,11 @@ class AppConfigFragmentCacheSource:
             reply = await self._remote.call(run)
             if self.wait_replicas and int(reply[-1]) < self.wait_replicas:
                 raise _NotReplicated(f"{reply[-1]} of {self.wait_replicas} replicas acknowledged")
-        except Exception as exc:  # replayed before Valkey is trusted again
-            self._log_failure("valkey invalidation failed; will replay", exc)
+        except BaseException as exc:  # replayed before Valkey is trusted again
             self._defer(todo, seq)
+            if not isinstance(exc, Exception):
+                raise  # cancelled after the DB commit: the bump stays pending
+            self._log_failure("valkey invalidation failed; will replay", exc)
             return
         for key, value in zip(todo, reply[1 : 2 * len(todo) : 2], strict=True):
             if not key.startswith(_USER_GEN_PREFIX):

@@ -181,12 +181,14 @@ class AppConfigFragmentDBSource:
         self,
         items: Sequence[tuple[int, T]],
         write: Callable[[AsyncConnection, T], Awaitable[AppConfigFragmentData]],
-    ) -> tuple[list[tuple[int, AppConfigFragmentData]], list[BulkFailure]]:
+        done: list[tuple[int, AppConfigFragmentData]],
+    ) -> list[BulkFailure]:
         """Run ``write`` for each ``(index, item)`` in its own transaction.
 
-        A failed item is reported with its index and a stable code; the others go on.
+        Committed items are appended to ``done`` as they commit, so a caller
+        that is cancelled half-way still knows what to invalidate. A failed
+        item is reported with its index and a stable code; the others go on.
         """
-        done: list[tuple[int, AppConfigFragmentData]] = []
         failed: list[BulkFailure] = []
         for index, item in items:
             try:
@@ -201,7 +203,7 @@ class AppConfigFragmentDBSource:
                 )
             except (SQLAlchemyError, OSError) as exc:
                 failed.append(BulkFailure(index=index, code="storage_error", message=str(exc)))
-        return done, failed
+        return failed
 
     @staticmethod
     async def _check_policy(conn: AsyncConnection, key: AppConfigFragmentKey) -> None:

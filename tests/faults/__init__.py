@@ -1,0 +1,1 @@
+"""Fault injection: a TCP proxy and the tests that break Valkey under load."""

@@ -1,0 +1,391 @@
+"""Fixtures of the fault suite: the proxy, an injected clock, a call-counting client
+wrapper, a seeded world and a load driver that checks every answer against the DB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from appconfig_cache import (
+    AppConfigData,
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    make_valkey_client,
+)
+from helpers import add_policy, add_user, domain_fragment, my_fragment, public_fragment
+
+from .proxy import FaultProxy
+
+T = TypeVar("T")
+
+#: the client settings the brief asks for: a short socket timeout
+SOCKET_TIMEOUT = 0.3
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told (``timer=`` of the cache source)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def wait_for(
+    condition: Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    step: Callable[[], Awaitable[Any]] | None = None,
+    what: str = "condition",
+) -> None:
+    """Poll ``condition`` (running ``step`` between polls) until it holds; bounded."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        if step is not None:
+            await step()
+        else:
+            await asyncio.sleep(0.01)
+
+
+# -- a client wrapper that counts round trips and can inject a fault ----------------------
+
+
+class ValkeyCalls:
+    """Delegates to a real Valkey client; counts the round trips the cache makes.
+
+    ``fault`` (a zero-argument factory of an exception) makes every data call raise
+    instead of reaching Valkey (``when="before"``) or after Valkey answered
+    (``when="after"``); ``PING`` (the health probe) is never faulted.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: Counter[str] = Counter()
+        self.faulted = 0
+        self.fault: Callable[[], BaseException] | None = None
+        self.when = "before"
+
+    @property
+    def total(self) -> int:
+        return sum(n for name, n in self.calls.items() if name != "ping")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    async def _call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
+        self.calls[name] += 1
+        fault = self.fault
+        if fault is not None and self.when == "before":
+            self.faulted += 1
+            raise fault()
+        result = await run()
+        if fault is not None:
+            self.faulted += 1
+            raise fault()
+        return result
+
+    async def mget(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("mget", lambda: self.client.mget(*args, **kwargs))
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("get", lambda: self.client.get(*args, **kwargs))
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("set", lambda: self.client.set(*args, **kwargs))
+
+    async def incr(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._call("incr", lambda: self.client.incr(*args, **kwargs))
+
+    async def ping(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls["ping"] += 1
+        return await self.client.ping(*args, **kwargs)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> _Pipeline:
+        return _Pipeline(self, self.client.pipeline(*args, **kwargs))
+
+
+class _Pipeline:
+    def __init__(self, owner: ValkeyCalls, pipe: Any) -> None:
+        self._owner = owner
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._owner._call("pipeline", lambda: self._pipe.execute(*args, **kwargs))
+
+
+# -- the proxy ------------------------------------------------------------------------------
+
+
+def valkey_target(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def valkey_proxy(valkey_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the test Valkey (flushed before the test)."""
+    async with FaultProxy(valkey_target(valkey_url)) as proxy:
+        yield proxy
+
+
+def pg_target(database_url: str) -> tuple[str, int] | str:
+    """Where PostgreSQL listens: its Unix socket (``?host=/dir``) or ``(host, port)``."""
+    parts = urlsplit(database_url)
+    query = parse_qs(parts.query)
+    port = parts.port or 5432
+    host = (query.get("host") or [parts.hostname or "127.0.0.1"])[0]
+    if host.startswith("/"):
+        return f"{host}/.s.PGSQL.{port}"
+    return host, port
+
+
+def pg_url_via(database_url: str, proxy: FaultProxy) -> str:
+    """``database_url`` rewritten to go through ``proxy``.
+
+    A proxy listening on a Unix socket must listen on ``<dir>/.s.PGSQL.5432``,
+    the name libpq and asyncpg derive from ``?host=<dir>``.
+    """
+    parts = urlsplit(database_url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")]
+    if proxy.listen_path is not None:
+        directory, _, socket_name = proxy.listen_path.rpartition("/")
+        if socket_name != ".s.PGSQL.5432":
+            raise ValueError("a Unix-socket proxy for PostgreSQL listens on <dir>/.s.PGSQL.5432")
+        query.append(("host", directory))
+        host = ""
+    else:
+        host = f"{proxy.host}:{proxy.port}"
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+# -- a seeded world -------------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    users: list[uuid.UUID]
+    names: list[str]
+    domain_of: dict[uuid.UUID, str]
+    revision: int = 0
+
+
+async def seed_world(
+    engine: AsyncEngine, *, users: int = 12, names: tuple[str, ...] = ("theme", "menu", "grid")
+) -> World:
+    """Users in two domains, a policy per name, and public, domain and user fragments.
+
+    Every user fragment carries its owner's id and its name, so a value served for
+    the wrong key is caught.
+    """
+    oracle = AppConfigFragmentRepository(engine)
+    domains = ("d-alpha", "d-beta")
+    uids: list[uuid.UUID] = []
+    domain_of: dict[uuid.UUID, str] = {}
+    for i in range(users):
+        uid = await add_user(engine, domain=domains[i % 2])
+        uids.append(uid)
+        domain_of[uid] = domains[i % 2]
+    for name in names:
+        await add_policy(engine, name)
+    items = [public_fragment(name, {"layer": "public", "pub_rev": 0}) for name in names]
+    items += [domain_fragment(d, n, {"layer": "domain", "dom": d}) for d in domains for n in names]
+    result = await oracle.admin_bulk_create(items)
+    assert not result.failures, result.failures
+    for uid in uids:
+        res = await oracle.bulk_create_my(
+            uid, [my_fragment(n, own_config(uid, n, 0)) for n in names]
+        )
+        assert not res.failures, res.failures
+    return World(users=uids, names=list(names), domain_of=domain_of)
+
+
+def own_config(uid: uuid.UUID, name: str, rev: int) -> dict[str, Any]:
+    return {"owner": str(uid), "doc": name, "rev": rev}
+
+
+def belongs_to(view: AppConfigData, uid: uuid.UUID, name: str) -> bool:
+    """Does ``view`` describe ``(uid, name)``, by its key and by the data it carries?"""
+    config = view.config or {}
+    return (
+        view.user_id == uid
+        and view.name == name
+        and config.get("owner") == str(uid)
+        and config.get("doc") == name
+    )
+
+
+# -- the load driver ------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Drives reads and writes through the cached repository and checks each answer.
+
+    A read round runs its reads concurrently, with no write in flight; once they
+    return, each answer is compared with the DB-only repository read *after* it.
+    """
+
+    repo: AppConfigFragmentRepository
+    oracle: AppConfigFragmentRepository
+    world: World
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    requests: int = 0
+    failures: list[BaseException] = field(default_factory=list)
+    stale: list[tuple[uuid.UUID, str, Any, Any]] = field(default_factory=list)
+    worst: float = 0.0
+
+    async def timed(self, make: Callable[[], Awaitable[T]]) -> T | None:
+        self.requests += 1
+        start = time.perf_counter()
+        try:
+            return await make()
+        except Exception as exc:  # a failed request: the suite asserts there are none
+            self.failures.append(exc)
+            return None
+        finally:
+            self.worst = max(self.worst, time.perf_counter() - start)
+
+    async def read_round(self, n: int = 24) -> list[tuple[uuid.UUID, str]]:
+        """``n`` concurrent reads (one in four a batch read), then the oracle check."""
+        users, names, rng = self.world.users, self.world.names, self.rng
+        picks = [(rng.choice(users), rng.choice(names)) for _ in range(n)]
+
+        async def one(uid: uuid.UUID, name: str) -> list[tuple[str, AppConfigData]] | None:
+            if rng.random() < 0.25:
+                views = await self.timed(lambda: self.repo.app_configs(uid, names))
+                return None if views is None else list(zip(names, views, strict=True))
+            view = await self.timed(lambda: self.repo.app_config(uid, name))
+            return None if view is None else [(name, view)]
+
+        answers = await asyncio.gather(*(one(uid, name) for uid, name in picks))
+        for (uid, _), got in zip(picks, answers, strict=True):
+            for name, view in got or ():
+                want = await self.oracle.app_config(uid, name)
+                if view != want or not belongs_to(view, uid, name):
+                    self.stale.append((uid, name, view, want))
+        return picks
+
+    async def sweep(self) -> tuple[int, int]:
+        """Read every ``(user, name)`` once, concurrently; check; return the L2 hits and misses.
+
+        Background fills are drained first and after, so a second sweep over an
+        unchanged world is served from Valkey.
+        """
+        cache = self.repo.cache_source
+        assert cache is not None
+        await cache.drain()
+        before = (cache.stats.l2_hits, cache.stats.l2_misses)
+        pairs = [(uid, name) for uid in self.world.users for name in self.world.names]
+        repo = self.repo
+
+        def read(uid: uuid.UUID, name: str) -> Callable[[], Awaitable[AppConfigData]]:
+            return lambda: repo.app_config(uid, name)
+
+        answers = await asyncio.gather(*(self.timed(read(uid, name)) for uid, name in pairs))
+        for (uid, name), view in zip(pairs, answers, strict=True):
+            if view is None:
+                continue
+            want = await self.oracle.app_config(uid, name)
+            if view != want or not belongs_to(view, uid, name):
+                self.stale.append((uid, name, view, want))
+        await cache.drain()
+        return cache.stats.l2_hits - before[0], cache.stats.l2_misses - before[1]
+
+    async def write(self) -> None:
+        """One write through the cached repository: a user's own fragment or a domain's."""
+        world = self.world
+        world.revision += 1
+        uid = self.rng.choice(world.users)
+        name = self.rng.choice(world.names)
+        if self.rng.random() < 0.75:
+            await self.timed(
+                lambda: self.repo.bulk_update_my(
+                    uid, [my_fragment(name, own_config(uid, name, world.revision))]
+                )
+            )
+        else:
+            domain = world.domain_of[uid]
+            config = {"layer": "domain", "dom": domain, "dom_rev": world.revision}
+            item = domain_fragment(domain, name, config)
+            await self.timed(lambda: self.repo.admin_bulk_update([item]))
+
+    def report(self, label: str) -> str:
+        line = (
+            f"[fault] {label}: requests={self.requests} failed={len(self.failures)} "
+            f"stale={len(self.stale)} worst_latency={self.worst * 1000:.1f}ms"
+        )
+        print(line)
+        return line
+
+    def check(self) -> None:
+        assert self.failures == [], self.failures[:3]
+        assert self.stale == [], self.stale[:2]
+
+
+# -- stacks: client + cache source + repository -------------------------------------------
+
+
+@dataclass
+class Stack:
+    client: Any
+    calls: ValkeyCalls
+    cache: AppConfigFragmentCacheSource
+    repo: AppConfigFragmentRepository
+
+    @property
+    def pool(self) -> Any:
+        return self.client.connection_pool
+
+
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_stack(engine: AsyncEngine) -> AsyncIterator[StackFactory]:
+    """``await make_stack(url, timer=clock, **cache_settings)``; all closed after the test."""
+    made: list[Stack] = []
+
+    async def make(
+        url: str, *, socket_timeout: float = SOCKET_TIMEOUT, max_connections: int = 64, **kw: Any
+    ) -> Stack:
+        client = make_valkey_client(
+            url, socket_timeout=socket_timeout, max_connections=max_connections
+        )
+        calls = ValkeyCalls(client)
+        cache = AppConfigFragmentCacheSource(calls, **kw)
+        stack = Stack(client, calls, cache, AppConfigFragmentRepository(engine, cache_source=cache))
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        await stack.cache.aclose()
+        await stack.client.aclose()
