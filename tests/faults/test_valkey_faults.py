@@ -398,9 +398,7 @@ async def test_no_valkey_exception_escapes(
 
 PROXY_FAULTS: list[Any] = [
     pytest.param(lambda p: p.set_garbage(), id="garbage"),
-    pytest.param(
-        lambda p: p.set_garbage(b"+OK\r\n:1\r\n$-7\r\n"), id="malformed-resp"
-    ),
+    pytest.param(lambda p: p.set_garbage(b"+OK\r\n:1\r\n$-7\r\n"), id="malformed-resp"),
     pytest.param(lambda p: p.set_answer(b"-ERR injected\r\n"), id="error-replies"),
     pytest.param(lambda p: p.set_answer(b"-WRONGTYPE injected\r\n"), id="wrongtype-replies"),
     pytest.param(lambda p: p.set_answer(b"$-1\r\n"), id="nil-replies"),
