@@ -78,6 +78,7 @@ _KEYS_OF: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {
     "incr": lambda args: [args[0]],
     "mget": lambda args: list(args[0]) if isinstance(args[0], list | tuple) else list(args),
     "ping": lambda args: [],
+    "info": lambda args: [],  # the server epoch (run_id), read once per local_ttl
     "wait": lambda args: [],
     "publish": lambda args: [],
     "spublish": lambda args: [args[0]],  # the shard channel is hashed like a key

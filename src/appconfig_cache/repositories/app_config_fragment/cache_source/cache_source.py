@@ -97,6 +97,8 @@ class AppConfigFragmentCacheSource:
       Valkey from a busy event loop.
     - ``max_value_bytes``: a view whose serialized form is larger is served but
       not cached, in either tier.
+    - ``parse_memo_size``: envelopes whose parsed view is kept, keyed by their
+      bytes, so a Valkey hit on unchanged bytes skips the JSON parse; ``0`` off.
     - ``breaker_*``: see :class:`~appconfig_cache.tiered.remote.CircuitBreaker`.
     - ``timer``: the clock (monotonic seconds); tests inject one.
     """
@@ -116,6 +118,7 @@ class AppConfigFragmentCacheSource:
         breaker_min_calls: int = 5,
         breaker_cooldown: float = 5.0,
         log_interval: float = 10.0,
+        parse_memo_size: int = 1024,
         wait_replicas: int = 0,
         wait_timeout: float = 0.1,
         broadcast: bool = False,
@@ -123,8 +126,8 @@ class AppConfigFragmentCacheSource:
     ) -> None:
         if not isinstance(ttl, int) or ttl < 1:
             raise CacheSettingsError(f"ttl must be a whole number of seconds >= 1, got {ttl!r}")
-        if local_ttl < 0 or local_maxsize < 0:
-            raise CacheSettingsError("local_ttl and local_maxsize must be >= 0")
+        if local_ttl < 0 or local_maxsize < 0 or parse_memo_size < 0:
+            raise CacheSettingsError("local_ttl, local_maxsize and parse_memo_size must be >= 0")
         if timeout <= 0 or probe_timeout <= 0 or max_value_bytes < 1:
             raise CacheSettingsError("timeout, probe_timeout and max_value_bytes must be > 0")
         if wait_replicas < 0 or wait_timeout <= 0:
@@ -151,11 +154,12 @@ class AppConfigFragmentCacheSource:
         self._timer = timer
         self._stats = CacheStats()
         self._local = LocalTier(local_maxsize, local_ttl, timer)
-        # Envelope bytes -> parsed view, so an envelope fetched again after its L1
-        # entry expired is not parsed again. Safe: the bytes are compared in full
-        # and the header's generations are checked on every fetch. Off with L1.
+        # Envelope bytes -> parsed view, so an envelope fetched again (after its L1
+        # entry expired, or with L1 off) is not parsed again. It is not a cache
+        # tier: every read still fetches the envelope and checks its header's
+        # generations; only identical bytes (compared in full) skip the parse.
         self._decoded: LRUCache[tuple[UUID, str], tuple[bytes, AppConfigData]] | None = (
-            LRUCache(maxsize=local_maxsize) if local_maxsize > 0 else None
+            LRUCache(maxsize=parse_memo_size) if parse_memo_size > 0 else None
         )
         self._remote = Remote(
             valkey_client, breaker, self._stats, timeout=timeout, probe_timeout=probe_timeout
@@ -173,6 +177,7 @@ class AppConfigFragmentCacheSource:
         self.wait_replicas = wait_replicas
         self._wait_ms = max(1, round(wait_timeout * 1000))
         self._broadcast = Broadcast(valkey_client, self._apply_remote) if broadcast else None
+        self._cluster = is_cluster(valkey_client)
         self._policies_at = 0  # local epoch of the last policy change
 
     # -- observability ------------------------------------------------------------
@@ -327,14 +332,31 @@ class AppConfigFragmentCacheSource:
         if lead:
             epoch = local.epoch
             started = [(name, self._flights.start((user_id, name), epoch)) for name in lead]
+            if not waits:
+                # Nothing to join: load in this task, without a task switch. If this
+                # caller is cancelled, its flights are cancelled and joiners take over.
+                await self._lead(user_id, started, loader, epoch)
+                return {name: flight.future.result() for name, flight in started}
             waits.extend((name, flight.future) for name, flight in started)
             task = asyncio.get_running_loop().create_task(
                 self._lead(user_id, started, loader, epoch)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # shield: a cancelled waiter must not cancel the load the others wait for
-        return {name: await asyncio.shield(future) for name, future in waits}
+        return {name: await self._join(user_id, name, future, loader) for name, future in waits}
+
+    async def _join(
+        self, user_id: UUID, name: str, future: asyncio.Future[AppConfigData], loader: Loader
+    ) -> AppConfigData:
+        """Wait for another read's load; if that read was cancelled, load it ourselves."""
+        try:
+            # shield: a cancelled waiter must not cancel the load the others wait for
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not future.cancelled() or (task is not None and task.cancelling()):
+                raise
+        return (await self.resolve(user_id, [name], loader))[name]
 
     async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``.
@@ -573,10 +595,8 @@ class AppConfigFragmentCacheSource:
         """One ``MGET`` in the user's slot (plus due generations); validate the envelopes."""
         local = self._local
         now = self._timer()
-        if self._epoch(now) is None and not await self._fetch_epoch(now):
-            self._stats.l2_skipped += len(names)
-            return {}, None
         seq = self._next_seq()
+        epoch_due = self._epoch(now) is None
         domain = local.domains.get(user_id)
         wanted = [K.PUBLIC_GEN, *map(K.name_gen_key, names)]
         if domain:
@@ -585,34 +605,43 @@ class AppConfigFragmentCacheSource:
         user_keys = [K.merged_key(user_id, name) for name in names]
         user_keys += [K.user_gen_key(user_id), K.user_domain_key(user_id)]
         client = self.client
+        # The server epoch rides in the same pipeline; a cluster's comes from every
+        # primary at once, in parallel with it.
+        info_in_pipe = epoch_due and not self._cluster
 
         async def run() -> Any:
-            if not due:
-                return await client.mget(user_keys)
+            if not due and not epoch_due:
+                return [await client.mget(user_keys)], None
             pipe = client.pipeline(transaction=False)
             # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
             pipe.execute_command("MGET", *user_keys)
             for key in due:
                 pipe.get(key)
-            return await pipe.execute()
+            if info_in_pipe:
+                pipe.execute_command("INFO", "server")
+            if not epoch_due or info_in_pipe:
+                return await pipe.execute(), None
+            return await asyncio.gather(pipe.execute(), self._cluster_info())
 
         try:
-            reply = await self._remote.call(run)
+            reply, cluster_info = await self._remote.call(run)
         except Exception as exc:
             self._log_failure("valkey read failed", exc)
             self._stats.l2_skipped += len(names)
             return {}, None
         try:
-            values = reply if not due else reply[0]
+            values = reply[0]
             if not isinstance(values, list) or len(values) != len(user_keys):
                 raise TypeError(f"MGET answered {type(values).__name__}")
-            if due:
-                for key, raw in zip(due, reply[1:], strict=True):
-                    local.set_gen(key, _as_int(raw), now, seq)
+            for key, raw in zip(due, reply[1 : 1 + len(due)], strict=True):
+                local.set_gen(key, _as_int(raw), now, seq)
+            if epoch_due:
+                info = reply[-1] if info_in_pipe else cluster_info
+                local.set_gen(K.EPOCH, K.epoch_of(info), now, seq)
             user_gen = _as_int(values[-2])
             raw_domain = values[-1]
             user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
-        except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
+        except (TypeError, ValueError, IndexError, K.BadEnvelope) as exc:  # another shape
             self._reject("valkey answered a reply of the wrong shape", exc)
             self._stats.l2_skipped += len(names)
             return {}, None
@@ -721,11 +750,17 @@ class AppConfigFragmentCacheSource:
         cached = self._local.gen(K.EPOCH, now)
         return None if cached is None else cached[0]
 
+    async def _cluster_info(self) -> Any:
+        return await self.client.info("server", target_nodes=self.client.PRIMARIES)
+
     async def _fetch_epoch(self, now: float) -> bool:
         """Read the server's identity (``run_id``); it lives ``local_ttl`` like a generation."""
         seq = self._next_seq()
         try:
-            info = await self._remote.call(lambda: self.client.info("server"))
+            if self._cluster:
+                info = await self._remote.call(self._cluster_info)
+            else:
+                info = await self._remote.call(lambda: self.client.info("server"))
             epoch = K.epoch_of(info)
         except Exception as exc:
             self._log_failure("valkey epoch read failed", exc)

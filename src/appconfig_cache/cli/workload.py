@@ -1,0 +1,438 @@
+"""The WebUI-bootstrap workload, run in one mode, with every read checked by an oracle.
+
+**Rounds.** The workload runs in rounds. In the timed part of a round,
+``concurrency`` sessions each make a few requests, one after the other: a login
+reads every document of a user (``my_app_configs``, the batch bootstrap read), a
+page reads one (``app_config``). Users are drawn from a Zipf distribution. In every
+``WRITE_EVERY``-th round, writes go through the same repositories at the same time
+as the reads, each write followed by a login of a user it affects (read-your-writes).
+In the untimed part, every read of the round is compared with what a DB-only
+repository on its own engine returns.
+
+**Oracle.** A mismatch is a *stale read* when the check is conclusive: no write was in
+progress when the cached read started, and none started between then and the end
+of the oracle read. Otherwise the difference may be a legitimate race and the read
+is not judged; any stale value such a race left in a cache would be served again in
+a later round, where the check is conclusive. The demo is the only writer of its
+tables, so between two writes the database does not change: the oracle reads a given
+``(user, name)`` once per write-free stretch and compares later reads with that.
+
+**Clock.** The cache sources get a :class:`PausableClock` as ``timer=``, paused while the
+oracle checks: their TTLs see the workload's time only.
+
+**Warm-up.** The cached modes start from a Valkey warmed by *another* cache source
+(another manager process, as it were): two logins of every user, not measured. The
+first load of a user in a process never fills Valkey (the process does not know the
+user's domain generation from before its query); the second does. The measured cache
+source starts with an empty L1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..repositories.app_config_fragment import (
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+)
+from ..repositories.app_config_policy import AppConfigPolicyRepository
+from ..types import AppConfigFragmentKey, AppConfigScopeType, FragmentInput, MyFragmentInput
+from .seed import POLICIES, POLICY_CHANGE, Org, domain_theme, public_announcement, user_config
+
+__all__ = [
+    "ModeResult",
+    "PausableClock",
+    "Read",
+    "Round",
+    "Workload",
+    "Write",
+    "plan_workload",
+    "run_mode",
+]
+
+#: how popular each name is for single-document reads (a page opens one document)
+_NAME_WEIGHTS = {
+    "theme": 30,
+    "menu": 20,
+    "dashboard": 15,
+    "notifications": 10,
+    "editor": 10,
+    "locale": 5,
+    "announcements": 5,
+    "shortcuts": 5,
+}
+LOGIN_SHARE = 0.75
+ZIPF_S = 1.1
+#: user saves per 1000 reads; the admin events (a policy change, a domain theme change,
+#: a public change) come a fixed number of times per run
+USER_SAVES_PER_1000 = 5.0
+#: writes go into every WRITE_EVERY-th round; the others are free of writes
+WRITE_EVERY = 4
+MAX_READS_PER_SESSION = 16
+MIN_ROUNDS = 12
+WARMUP_PASSES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    kind: str  # "login" or "single"
+    user_id: UUID
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    kind: str  # "user_save", "domain_theme", "public", "policy"
+    #: a user the write affects: the writer logs in as them right after the write
+    probe: UUID
+    user_id: UUID | None = None
+    target: str = ""  # the name, or the domain of a domain write
+    config: dict[str, Any] | None = None
+    #: a policy write sets ``chain``, or ``other_chain`` if ``chain`` is already set
+    chain: tuple[AppConfigScopeType, ...] = ()
+    other_chain: tuple[AppConfigScopeType, ...] = ()
+
+
+@dataclass(slots=True)
+class Round:
+    #: one list of reads per concurrent session, made one after the other
+    sessions: list[list[Read]]
+    writes: list[Write] = field(default_factory=list)
+
+    @property
+    def reads(self) -> int:
+        return sum(map(len, self.sessions))
+
+
+@dataclass(slots=True)
+class Workload:
+    #: one login per user, least popular first (played WARMUP_PASSES times)
+    warmup: list[Round]
+    #: the measured rounds
+    rounds: list[Round]
+
+    @property
+    def warmup_reads(self) -> int:
+        return (WARMUP_PASSES + 1) * sum(r.reads for r in self.warmup)
+
+    @property
+    def reads(self) -> int:
+        return sum(r.reads for r in self.rounds)
+
+
+class Zipf:
+    """Draws indexes 0..n-1 with probability proportional to ``1 / (rank + 1) ** s``."""
+
+    def __init__(self, n: int, s: float, rng: random.Random) -> None:
+        self._cum = list(itertools.accumulate(1.0 / (k + 1) ** s for k in range(n)))
+        self._rng = rng
+
+    def __call__(self) -> int:
+        return bisect.bisect_left(self._cum, self._rng.random() * self._cum[-1])
+
+
+def plan_workload(
+    org: Org, requests: int, concurrency: int, rng: random.Random, *, admin_events: int = 1
+) -> Workload:
+    """What every mode replays: the same reads and the same writes, in the same order."""
+    ranked = list(org.user_ids)
+    rng.shuffle(ranked)  # popularity rank is independent of domain and creation order
+    pick_user = Zipf(len(ranked), ZIPF_S, rng)
+    names, weights = list(_NAME_WEIGHTS), list(_NAME_WEIGHTS.values())
+    # Sessions of up to MAX_READS_PER_SESSION reads; fewer in a small run, so that it
+    # still has MIN_ROUNDS rounds.
+    per_session = max(1, min(MAX_READS_PER_SESSION, requests // (concurrency * MIN_ROUNDS)))
+    rounds: list[Round] = []
+    left = requests
+    while left > 0:
+        sessions: list[list[Read]] = []
+        while left > 0 and len(sessions) < concurrency:
+            reads = []
+            for _ in range(min(per_session, left)):
+                uid = ranked[pick_user()]
+                if rng.random() < LOGIN_SHARE:
+                    reads.append(Read("login", uid))
+                else:
+                    reads.append(Read("single", uid, rng.choices(names, weights)[0]))
+            sessions.append(reads)
+            left -= len(reads)
+        rounds.append(Round(sessions))
+
+    write_rounds = rounds[WRITE_EVERY - 1 :: WRITE_EVERY] or rounds[-1:]
+
+    def at(fraction: float) -> Round:
+        return write_rounds[min(int(fraction * len(write_rounds)), len(write_rounds) - 1)]
+
+    revision = itertools.count(1)
+    savers = [uid for uid in ranked if org.user_names[uid]]
+    for _ in range(round(requests * USER_SAVES_PER_1000 / 1000) if savers else 0):
+        uid = savers[min(pick_user(), len(savers) - 1)]  # active users save more
+        name = rng.choice(org.user_names[uid])
+        config = user_config(name, rng, next(revision))
+        write = Write("user_save", uid, user_id=uid, target=name, config=config)
+        rng.choice(write_rounds).writes.append(write)
+    by_domain: dict[str, list[UUID]] = {}
+    for uid in ranked:
+        by_domain.setdefault(org.user_domain[uid], []).append(uid)
+    name, changed = POLICY_CHANGE
+    for k in range(admin_events):
+        # Each admin event kind once per 1/admin_events of the run, at different points.
+        start = k / admin_events
+        policy = Write(
+            "policy", rng.choice(ranked), target=name, chain=changed, other_chain=POLICIES[name]
+        )
+        at(start + 0.3 / admin_events).writes.append(policy)
+        domain = rng.choice(org.domains)
+        config = domain_theme(domain, rng, next(revision))
+        probe = rng.choice(by_domain.get(domain) or ranked)
+        write = Write("domain_theme", probe, target=domain, config=config)
+        at(start + 0.45 / admin_events).writes.append(write)
+        config = public_announcement(next(revision))
+        write = Write("public", rng.choice(ranked), target="announcements", config=config)
+        at(start + 0.6 / admin_events).writes.append(write)
+
+    warmup_reads = [Read("login", uid) for uid in reversed(ranked)]
+    size = concurrency * MAX_READS_PER_SESSION
+    warmup = []
+    for start in range(0, len(warmup_reads), size):
+        chunk = warmup_reads[start : start + size]
+        warmup.append(Round([chunk[i::concurrency] for i in range(min(concurrency, len(chunk)))]))
+    return Workload(warmup, rounds)
+
+
+class PausableClock:
+    """Monotonic seconds that stand still while paused (a cache source's ``timer=``)."""
+
+    __slots__ = ("_paused_at", "_paused_total")
+
+    def __init__(self) -> None:
+        self._paused_total = 0.0
+        self._paused_at: float | None = None
+
+    def __call__(self) -> float:
+        now = self._paused_at if self._paused_at is not None else time.monotonic()
+        return now - self._paused_total
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._paused_total += time.monotonic() - self._paused_at
+            self._paused_at = None
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    label: str
+    reads: int = 0
+    writes: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # the timed parts of the measured rounds
+    db_queries: int = 0
+    checked: int = 0
+    inconclusive: int = 0
+    stale: int = 0
+    raced: int = 0  # mismatches inside a write's window: not judged
+    oracle_db_reads: int = 0
+    stale_examples: list[str] = field(default_factory=list)
+    cache_stats: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Record:
+    repo: AppConfigFragmentRepository
+    op: Read
+    value: Any
+    writes_started: int
+    write_in_progress: bool
+
+
+async def run_mode(
+    mode: str,
+    label: str,
+    engine: AsyncEngine,
+    oracle: AppConfigFragmentRepository,
+    cache: AppConfigFragmentCacheSource | None,
+    workload: Workload,
+    *,
+    concurrency: int,
+    warmup_cache: AppConfigFragmentCacheSource | None = None,
+    clock: PausableClock | None = None,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> ModeResult:
+    """Replay ``workload`` against ``engine`` through ``cache`` (None: DB only).
+
+    With ``warmup_cache``, the warm-up logins go through it first. Every read is
+    checked; only the measured rounds count in the figures (cache statistics and
+    DB queries included).
+    """
+    repo = AppConfigFragmentRepository(engine, cache_source=cache)
+    policies = AppConfigPolicyRepository(engine, cache_source=cache)
+    result = ModeResult(mode, label)
+    writes_started = writes_finished = 0
+    write_counts: dict[str, int] = {}
+    records: list[_Record] = []
+    latencies: list[float] = []
+    queries = 0
+
+    def count_query(*_args: Any) -> None:
+        nonlocal queries
+        queries += 1
+
+    async def read(op: Read, through: AppConfigFragmentRepository = repo) -> None:
+        started, busy = writes_started, writes_started != writes_finished
+        t0 = time.perf_counter()
+        if op.kind == "login":
+            value: Any = await through.my_app_configs(op.user_id)
+        else:
+            value = await through.app_config(op.user_id, op.name)
+        latencies.append(time.perf_counter() - t0)
+        records.append(_Record(through, op, value, started, busy))
+
+    async def session(reads: list[Read], through: AppConfigFragmentRepository) -> None:
+        for op in reads:
+            await read(op, through)
+
+    async def write(w: Write) -> None:
+        nonlocal writes_started, writes_finished
+        writes_started += 1
+        try:
+            await _apply(w, repo, policies)
+        finally:
+            writes_finished += 1
+        write_counts[w.kind] = write_counts.get(w.kind, 0) + 1
+        await read(Read("login", w.probe))  # read-your-writes, through the cache
+
+    limit = asyncio.Semaphore(concurrency)
+    # The DB-only answers of the current write-free stretch (see the module docstring).
+    known: dict[Read, Any] = {}
+    known_at = -1
+
+    async def expected(op: Read) -> Any:
+        nonlocal known_at
+        if known_at != writes_started:
+            known.clear()
+            known_at = writes_started
+        if op in known:
+            return known[op]
+        async with limit:
+            result.oracle_db_reads += 1
+            if op.kind == "login":
+                value: Any = await oracle.my_app_configs(op.user_id)
+            else:
+                value = await oracle.app_config(op.user_id, op.name)
+        if known_at == writes_started == writes_finished:
+            known[op] = value
+        return value
+
+    async def check(record: _Record) -> None:
+        want = await expected(record.op)
+        conclusive = not record.write_in_progress and writes_started == record.writes_started
+        if conclusive:
+            result.checked += 1
+        else:
+            result.inconclusive += 1
+        if record.value == want:
+            return
+        if not conclusive:
+            result.raced += 1
+            return
+        result.stale += 1
+        if len(result.stale_examples) < 5:
+            op = record.op
+            what = "login" if op.kind == "login" else f"app_config {op.name!r}"
+            result.stale_examples.append(f"{what} of user {op.user_id}")
+
+    async def play(rounds: list[Round], through: AppConfigFragmentRepository) -> float:
+        seconds = 0.0
+        for rnd in rounds:
+            records.clear()
+            if clock is not None:
+                clock.resume()
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *map(write, rnd.writes), *(session(reads, through) for reads in rnd.sessions)
+            )
+            seconds += time.perf_counter() - t0
+            if clock is not None:
+                clock.pause()
+            await asyncio.gather(*map(check, records))
+            on_progress(rnd.reads)
+        return seconds
+
+    sync_engine = engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", count_query)
+    try:
+        if warmup_cache is not None:
+            warm = AppConfigFragmentRepository(engine, cache_source=warmup_cache)
+            for _ in range(WARMUP_PASSES):
+                await play(workload.warmup, warm)
+            await play(workload.warmup, repo)  # this process has served every user once
+        latencies.clear()
+        queries = 0
+        before = _counters(cache)
+        result.seconds = await play(workload.rounds, repo)
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", count_query)
+        if clock is not None:
+            clock.resume()
+    result.reads = len(latencies)
+    result.latencies = latencies
+    result.db_queries = queries
+    result.writes = write_counts
+    if cache is not None:
+        after = _counters(cache)
+        result.cache_stats = {
+            key: value - before[key] if isinstance(value, int) else value
+            for key, value in after.items()
+        }
+    return result
+
+
+def _counters(cache: AppConfigFragmentCacheSource | None) -> dict[str, Any]:
+    return {} if cache is None else cache.stats.as_dict()
+
+
+async def _apply(
+    w: Write, repo: AppConfigFragmentRepository, policies: AppConfigPolicyRepository
+) -> None:
+    """One write through the repositories; a failed item is a bug worth stopping for."""
+    if w.kind == "policy":
+        # Flip between two chains, so that every mode makes a real change.
+        current = await policies.get(w.target)
+        chain = w.other_chain if current and current.scope_sources == w.chain else w.chain
+        await policies.update(w.target, list(chain))
+        return
+    assert w.config is not None
+    if w.kind == "user_save":
+        assert w.user_id is not None
+        done: Any = await repo.bulk_update_my(
+            w.user_id, [MyFragmentInput(name=w.target, config=w.config)]
+        )
+    else:
+        if w.kind == "domain_theme":
+            key = AppConfigFragmentKey(
+                scope_type=AppConfigScopeType.DOMAIN, scope_id=w.target, name="theme"
+            )
+        else:
+            key = AppConfigFragmentKey(
+                scope_type=AppConfigScopeType.PUBLIC, scope_id="public", name=w.target
+            )
+        done = await repo.admin_bulk_update([FragmentInput(key=key, config=w.config)])
+    if done.failures:
+        failure = done.failures[0]
+        raise RuntimeError(f"{w.kind} write failed: {failure.code}: {failure.message}")
