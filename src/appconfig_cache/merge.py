@@ -15,7 +15,9 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     merged = dict(base)
     for key, value in override.items():
         current = merged.get(key)
-        if isinstance(current, Mapping) and isinstance(value, Mapping):
+        # JSON objects are dicts (validation and the DB both give dicts); a check
+        # against the Mapping ABC would cost more than the merge on every DB read.
+        if isinstance(current, dict) and isinstance(value, dict):
             merged[key] = deep_merge(current, value)
         else:
             merged[key] = value
