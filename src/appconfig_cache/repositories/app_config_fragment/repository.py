@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -212,12 +212,10 @@ class AppConfigFragmentRepository:
             # Cancelled (or failed) half-way: an item may have committed without our
             # knowing. Invalidate every scope the call could have touched.
             if self._cache is not None:
-                self._cache.invalidate_scopes_nowait(
-                    dict.fromkeys((key.scope_type, key.scope_id) for _, (key, _c) in valid)
-                )
+                self._cache.invalidate_keys_nowait([key for _, (key, _c) in valid])
             raise
         if self._cache is not None and done:
-            await self._cache.invalidate_scopes(_scopes(f for _, f in done))
+            await self._cache.invalidate_keys([f.key for _, f in done])
         return done, sorted(failures, key=lambda f: f.index)
 
     def _known_name(self, name: str) -> bool:
@@ -237,10 +235,3 @@ def _check_count(items: Sequence[Any]) -> None:
         raise AppConfigValidationError("bulk items must be a list")
     if len(items) > MAX_BULK_ITEMS:
         raise TooManyItemsError(f"{len(items)} items; a bulk call takes at most {MAX_BULK_ITEMS}")
-
-
-def _scopes(
-    fragments: Iterable[AppConfigFragmentData],
-) -> list[tuple[AppConfigScopeType, str]]:
-    """Each distinct scope the fragments live in, once, in first-seen order."""
-    return list(dict.fromkeys((f.scope_type, f.scope_id) for f in fragments))

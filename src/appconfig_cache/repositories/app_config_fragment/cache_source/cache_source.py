@@ -27,7 +27,7 @@ from ....tiered.flight import Flights, settle
 from ....tiered.local import MISS, LocalTier
 from ....tiered.remote import CircuitBreaker, Remote
 from ....tiered.stats import CacheStats
-from ....types import AppConfigData, AppConfigScopeType
+from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
 from ....validation import validate_name, validate_scope, validate_user_id
 from ...utils import LogThrottle, suppress_with_log
 from ..db_source import LoadedViews
@@ -41,6 +41,19 @@ Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
 
 _RANDOM = random.SystemRandom()
 _USER_GEN_PREFIX = K.PREFIX + "gen:user:"
+
+
+_NAME = "name"  # an invalidation target that is a config name, not a scope
+
+
+def _targets(keys: Iterable[AppConfigFragmentKey]) -> list[tuple[str, str]]:
+    """What a write to each fragment key invalidates: its scope, or its name if public."""
+    return [
+        (_NAME, key.name)
+        if key.scope_type is AppConfigScopeType.PUBLIC
+        else (key.scope_type, key.scope_id)
+        for key in keys
+    ]
 
 
 class _NotReplicated(Exception):
@@ -269,30 +282,46 @@ class AppConfigFragmentCacheSource:
         if gen_keys:
             await self._bump(gen_keys)
 
-    def invalidate_scopes_nowait(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
+    async def invalidate_keys(self, keys: Iterable[AppConfigFragmentKey]) -> None:
+        """Invalidate what writes to these (validated) fragment keys changed.
+
+        Like :meth:`invalidate_scopes`, except that a public fragment only
+        drops its own name's views (the name generation), not every document.
+        """
+        gen_keys = self._invalidate_local(_targets(keys))
+        if gen_keys:
+            await self._bump(gen_keys)
+
+    def invalidate_keys_nowait(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write).
 
         Until the next read replays them, this process does not trust Valkey.
         """
-        gen_keys = self._invalidate_local(scopes)
+        gen_keys = self._invalidate_local(_targets(keys))
         self._stats.invalidations += len(gen_keys)
         self._defer(gen_keys, self._next_seq())
 
-    def _invalidate_local(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> list[str]:
-        """Bump the local records of each scope; return the generation keys, each once."""
+    def _invalidate_local(self, targets: Iterable[tuple[str, str]]) -> list[str]:
+        """Bump the local records of each target; return the generation keys, each once.
+
+        A target is a scope ``(scope_type, scope_id)`` or ``("name", config_name)``.
+        """
         gen_keys: dict[str, None] = {}
         local = self._local
-        for kind, scope_id in scopes:
-            if kind is AppConfigScopeType.USER:
-                uid = UUID(scope_id)
+        for kind, ident in targets:
+            if kind == AppConfigScopeType.USER:
+                uid = UUID(ident)
                 local.invalidate_user(uid)
                 gen_keys[K.user_gen_key(uid)] = None
-            elif kind is AppConfigScopeType.PUBLIC:
+            elif kind == AppConfigScopeType.PUBLIC:
                 local.invalidate_public()
                 gen_keys[K.PUBLIC_GEN] = None
+            elif kind == _NAME:
+                local.invalidate_name(ident)
+                gen_keys[K.name_gen_key(ident)] = None
             else:
-                local.invalidate_domain(scope_id)
-                gen_keys[K.domain_gen_key(scope_id)] = None
+                local.invalidate_domain(ident)
+                gen_keys[K.domain_gen_key(ident)] = None
         return list(gen_keys)
 
     async def read_through(
