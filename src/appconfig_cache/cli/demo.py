@@ -118,9 +118,12 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--local-maxsize",
         type=int,
-        default=4096,
+        default=None,
         metavar="N",
-        help="L1 entries in the L1 + Valkey mode (default 4096, the library's default)",
+        help=(
+            "L1 entries in the L1 + Valkey mode (default: every user's documents, "
+            "users x names, the way an operator sizes L1 to the working set)"
+        ),
     )
     p.add_argument(
         "--local-ttl",
@@ -161,7 +164,7 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    if args.local_maxsize < 1:
+    if args.local_maxsize is not None and args.local_maxsize < 1:
         raise CliError("--local-maxsize must be >= 1 (the Valkey-only mode is L1 off)", EXIT_USAGE)
     if args.plot:
         from .report import check_plot_available
@@ -221,13 +224,15 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         AppConfigFragmentRepository,
     )
     from ..types import AppConfigScopeType
-    from .seed import plan_org, seed_org, seed_size
+    from .seed import POLICIES, plan_org, seed_org, seed_size
     from .workload import PausableClock, plan_workload, run_mode
 
     sizes = QUICK if args.quick else DEFAULTS
     n_domains = args.domains or sizes["domains"]
     n_users = args.users or sizes["users"]
     n_requests = args.requests or sizes["requests"]
+    if args.local_maxsize is None:
+        args.local_maxsize = n_users * len(POLICIES)
     bars = (args.progress or sys.stderr.isatty()) and not args.json
     say = _Say(not args.json)
     rng = random.Random(args.seed)
