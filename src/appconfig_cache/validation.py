@@ -6,7 +6,7 @@
 - A user id is a :class:`uuid.UUID` (or its text form).
 - A scope id is ``"public"`` for the public scope, a canonical UUID for the
   user scope, and for the domain scopes 1 to 255 characters with no control
-  characters.
+  characters and no lone surrogate.
 - A config is a JSON object of at most ``MAX_CONFIG_BYTES`` serialized bytes,
   nested at most ``MAX_CONFIG_DEPTH`` levels, with string keys, no NaN or
   infinity, no NUL character and no lone surrogate.
@@ -43,6 +43,15 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def _shorten(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a lone surrogate, which neither PostgreSQL nor Valkey keys can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_name(name: object) -> str:
@@ -99,6 +108,7 @@ def validate_scope(scope_type: object, scope_id: object) -> tuple[AppConfigScope
         not isinstance(scope_id, str)
         or not 1 <= len(scope_id) <= MAX_SCOPE_ID_LENGTH
         or _CONTROL_RE.search(scope_id)
+        or not _is_utf8(scope_id)
     ):
         raise InvalidScopeError(
             f"invalid {kind.value} scope id {_shorten(scope_id)}: expected 1-"

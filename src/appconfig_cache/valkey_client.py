@@ -23,7 +23,8 @@ def make_valkey_client(
       must not count as Valkey being down; a timeout is never retried, so a
       failed call becomes a cache miss at once instead of a retry storm.
 
-    TLS and ACL pass through: a ``rediss://`` URL (hostname checking stays on),
+    TLS and ACL pass through: a ``rediss://`` URL turns TLS on, and this function
+    turns hostname checking on with it (valkey-py's own default is off),
     ``username=``/``password=``, ``ssl_ca_certs=`` and the other valkey-py keywords.
     """
     from valkey.asyncio import BlockingConnectionPool, Valkey
@@ -32,6 +33,8 @@ def make_valkey_client(
     from valkey.backoff import NoBackoff
     from valkey.exceptions import ConnectionError as ValkeyConnectionError
 
+    if url.startswith(("rediss://", "valkeys://")):
+        kwargs.setdefault("ssl_check_hostname", True)
     if cluster:
         # One retry lets the client refresh its slot map after a failover; the
         # default (3 attempts, with sleeps in pipelines) would hold requests up.

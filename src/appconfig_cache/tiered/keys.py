@@ -54,13 +54,13 @@ def encode_envelope(
     domain: str,
     gens: tuple[int, int, int, int],
     epoch: int,
-    data_json: str,
+    data_json: bytes,
 ) -> bytes:
     """A header line, then the view: two compact JSON documents.
 
     ``{"v": 1, "u": user, "n": name, "d": domain, "g": [public, name, domain, user],
     "e": epoch}``, a newline, then ``AppConfigData`` as JSON (made once by the
-    caller). Compact JSON never holds a raw newline, so the header is read, and
+    caller, as bytes). Compact JSON never holds a raw newline, so the header is read, and
     an outdated envelope rejected, without parsing the view. ``e`` is the
     server's identity (from its ``run_id``): a restart, a restore or a failover
     changes it, and no envelope from before can match again.
@@ -77,7 +77,7 @@ def encode_envelope(
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return (head + "\n" + data_json).encode()
+    return head.encode() + b"\n" + data_json
 
 
 class BadEnvelope(Exception):

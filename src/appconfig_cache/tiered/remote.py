@@ -149,10 +149,13 @@ class Remote:
     def available(self) -> bool:
         return self.breaker.allow()
 
-    async def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Await ``make()`` within the budget. Failures are classified, then re-raised."""
+    async def call(self, make: Callable[[], Awaitable[Any]], *, extra_time: float = 0.0) -> Any:
+        """Await ``make()`` within the budget (plus ``extra_time`` the server may block).
+
+        Failures are classified, then re-raised.
+        """
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout + extra_time):
                 result = await make()
         except TIMEOUTS:
             self.stats.valkey_timeouts += 1

@@ -77,8 +77,8 @@ class AppConfigFragmentRepository:
     async def app_configs(self, user_id: UUID, names: Sequence[str]) -> list[AppConfigData]:
         """The merged views of ``names`` in input order: one round trip per tier at most."""
         uid = validate_user_id(user_id)
-        if isinstance(names, str):
-            raise AppConfigValidationError("names must be a sequence of names, not one string")
+        if isinstance(names, str | bytes) or not isinstance(names, Sequence):
+            raise AppConfigValidationError("names must be a list of names")
         if len(names) > MAX_BATCH_NAMES:
             raise TooManyItemsError(f"{len(names)} names; app_configs takes {MAX_BATCH_NAMES}")
         for name in names:

@@ -530,7 +530,7 @@ class AppConfigFragmentCacheSource:
             if name not in loaded.with_policy:
                 continue  # never cache a name without a policy
             view = loaded.views[name]
-            data_json = view.model_dump_json()
+            data_json = view.__pydantic_serializer__.to_json(view)  # bytes: the size is real
             if len(data_json) > self.max_value_bytes:
                 self._stats.oversize_values += 1
                 self._stats.fills_skipped += 1
@@ -603,10 +603,7 @@ class AppConfigFragmentCacheSource:
         if now < self._next_replay_at or not self._remote.available():
             return False
         await self._send_bumps([], self._next_seq(), now)
-        if self._pending:
-            self._next_replay_at = now + self._remote.breaker.cooldown
-            return False
-        return True
+        return not self._pending
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -902,11 +899,15 @@ class AppConfigFragmentCacheSource:
             return await pipe.execute()
 
         try:
-            reply = await self._remote.call(run)
+            # WAIT blocks up to wait_timeout on the server: the budget must cover it.
+            reply = await self._remote.call(run, extra_time=self._wait_ms / 1000)
             if self.wait_replicas and int(reply[-1]) < self.wait_replicas:
                 raise _NotReplicated(f"{reply[-1]} of {self.wait_replicas} replicas acknowledged")
         except BaseException as exc:  # replayed before Valkey is trusted again
             self._defer(todo, seq)
+            # At most one replay attempt per cool-down (a WAIT that nobody answers
+            # must not cost every following read another wait_timeout).
+            self._next_replay_at = now + self._remote.breaker.cooldown
             if not isinstance(exc, Exception):
                 raise  # cancelled after the DB commit: the bump stays pending
             self._log_failure("valkey invalidation failed; will replay", exc)
