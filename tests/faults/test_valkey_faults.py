@@ -599,7 +599,10 @@ async def test_dropped_invalidation_is_replayed(
     assert await load.timed(lambda: writer.repo.app_config(uid, name)) == want
     assert writer.cache.stats.l2_skipped > skipped
     if how == "blackhole-then-reset":
-        assert writer.cache.stats.breaker_state == "open"  # the probe confirmed a hang
+        # The failed bump's timeout started a health probe; it confirms the hang.
+        await wait_for(
+            lambda: writer.cache.stats.breaker_state == "open", what="the probe to open it"
+        )
         valkey_proxy.set_reset()
     valkey_proxy.set_pass()
     clock.advance(COOLDOWN + 0.1)

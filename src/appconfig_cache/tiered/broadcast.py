@@ -100,41 +100,27 @@ class Broadcast:
             await asyncio.sleep(self._reconnect_delay)  # back-off between reconnects
 
     async def _listen_once(self) -> None:
-        client, verb, kind = self._subscriber()
+        connection, verb, kind = await self._subscriber()
         try:
-            conn = await client.connection_pool.get_connection(verb)
-            try:
-                await conn.send_command(verb, CHANNEL)
-                while True:
-                    reply = await conn.read_response(timeout=None)
-                    self._on_reply(reply, kind)
-            finally:
-                await conn.disconnect()
-                await client.connection_pool.release(conn)
+            await connection.connect()
+            await connection.send_command(verb, CHANNEL)
+            while True:
+                reply = await connection.read_response(timeout=None)
+                self._on_reply(reply, kind)
         finally:
-            await client.aclose()
+            await connection.disconnect()
 
-    def _subscriber(self) -> tuple[Any, str, bytes]:
-        """A dedicated client for the subscription, the verb, and the message kind."""
-        from valkey.asyncio import ConnectionPool, Valkey
-
+    async def _subscriber(self) -> tuple[Any, str, bytes]:
+        """A dedicated connection (same settings as the client's, TLS included), the verb
+        and the message kind. On a cluster, to the primary that owns the channel's slot."""
         if not self._cluster:
-            source = self.client.connection_pool
-            kwargs = dict(source.connection_kwargs)
-            kwargs["socket_timeout"] = None  # a subscription waits as long as it must
-            pool = ConnectionPool(
-                connection_class=source.connection_class, max_connections=1, **kwargs
-            )
-            return Valkey(connection_pool=pool), "SUBSCRIBE", b"message"
+            pool = self.client.connection_pool
+            kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+            return pool.connection_class(**kwargs), "SUBSCRIBE", b"message"
+        await self.client.initialize()  # a fresh client does not know the slots yet
         node = self.client.get_node_from_key(CHANNEL)
-        kwargs = dict(self.client.get_connection_kwargs())
-        keep = {"username", "password", "ssl", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
-        options = {k: v for k, v in kwargs.items() if k in keep and v is not None}
-        return (
-            Valkey(host=node.host, port=node.port, socket_timeout=None, **options),
-            "SSUBSCRIBE",
-            b"smessage",
-        )
+        kwargs = {**node.connection_kwargs, "socket_timeout": None}
+        return node.connection_class(**kwargs), "SSUBSCRIBE", b"smessage"
 
     def _on_reply(self, reply: Any, kind: bytes) -> None:
         if not isinstance(reply, list) or not reply:
@@ -144,6 +130,9 @@ class Broadcast:
             self.state = "up"
             self._subscribed.set()
             return
+        if head in (b"unsubscribe", b"sunsubscribe"):
+            # The server dropped us (on a cluster: the channel's slot moved).
+            raise ConnectionError("the server ended the subscription")
         if head != kind or len(reply) < 3:
             return
         try:
