@@ -1,4 +1,4 @@
-"""A Valkey client with the settings a cache wants: short timeouts, bounded pool, no retries."""
+"""A Valkey client with the settings a cache wants: short timeouts, a bounded pool, no retry storms."""
 
 from __future__ import annotations
 
