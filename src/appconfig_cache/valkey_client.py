@@ -1,4 +1,4 @@
-"""A Valkey client with the settings a cache wants: short timeouts, a bounded pool, no retry storms."""
+"""A Valkey client with the settings a cache wants: short timeouts, a bounded pool."""
 
 from __future__ import annotations
 
