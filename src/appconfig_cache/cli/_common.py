@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -32,6 +34,39 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+
+
+_N = TypeVar("_N", int, float)
+_V = TypeVar("_V")
+
+
+def number_arg(convert: Callable[[str], _N], minimum: _N) -> Callable[[str], _N]:
+    """An argparse ``type=`` for a number of at least ``minimum``."""
+    what = "a whole number" if convert is int else "a number"
+
+    def parse(text: str) -> _N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def checked_arg(check: Callable[[str], _V]) -> Callable[[str], _V]:
+    """An argparse ``type=`` from a library validator: its error becomes the usage error."""
+    from ..errors import AppConfigValidationError
+
+    def parse(text: str) -> _V:
+        try:
+            return check(text)
+        except AppConfigValidationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def one_line(exc: BaseException) -> str:

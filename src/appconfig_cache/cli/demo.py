@@ -20,6 +20,7 @@ from ._common import (
     database_error,
     database_url_for,
     describe_url,
+    number_arg,
     one_line,
     ping_valkey,
     valkey_client_for,
@@ -53,34 +54,9 @@ Valkey, so give it a throwaway Valkey database.
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
+_positive = number_arg(int, 1)
+_non_negative_int = number_arg(int, 0)
+_non_negative_float = number_arg(float, 0.0)
 
 
 def add_parser(commands: Any) -> None:

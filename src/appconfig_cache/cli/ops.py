@@ -6,18 +6,18 @@ import argparse
 import json
 import random
 from typing import Any
-from uuid import UUID
 
-from ..errors import AppConfigValidationError
 from ..tiered import keys as K
 from ..types import AppConfigScopeType
 from ..validation import validate_name, validate_scope, validate_user_id
 from ._common import (
     EXIT_OK,
     CliError,
+    checked_arg,
     database_error,
     database_url_for,
     describe_url,
+    number_arg,
     one_line,
     ping_valkey,
     valkey_client_for,
@@ -50,35 +50,10 @@ _SCAN_MATCH = K.PREFIX + "*"  # fixed: never built from user input
 _KINDS = ("merged", "gen", "user_domain", "other")
 
 
-def _user_arg(text: str) -> UUID:
-    try:
-        return validate_user_id(text)
-    except AppConfigValidationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _domain_arg(text: str) -> str:
-    try:
-        return validate_scope(AppConfigScopeType.DOMAIN, text)[1]
-    except AppConfigValidationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _name_arg(text: str) -> str:
-    try:
-        return validate_name(text)
-    except AppConfigValidationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _sample_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+_user_arg = checked_arg(validate_user_id)
+_domain_arg = checked_arg(lambda text: validate_scope(AppConfigScopeType.DOMAIN, text)[1])
+_name_arg = checked_arg(validate_name)
+_sample_arg = number_arg(int, 0)
 
 
 def add_parsers(commands: Any) -> None:
