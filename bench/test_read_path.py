@@ -59,12 +59,15 @@ def test_l1_hit(benchmark, clean_valkey: World) -> None:
     assert delta["l1_misses"] == 0 and delta["l1_hits"] > 0
 
 
-def test_l2_hit(benchmark, clean_valkey: World) -> None:
-    """A Valkey hit: L1 off (``local_maxsize=0``), defaults otherwise."""
+@pytest.mark.parametrize("memo", [1024, 0], ids=["memo", "no-memo"])
+def test_l2_hit(benchmark, clean_valkey: World, memo: int) -> None:
+    """A Valkey hit: L1 off (``local_maxsize=0``); with the parse memo on (the
+    default: the same envelope bytes are not parsed twice) and off (every hit
+    parses and validates the view)."""
     world = clean_valkey
     users = world.hot_users
     world.run(warm_valkey(world, users, [NAME]))
-    cache = world.cache(local_maxsize=0)
+    cache = world.cache(local_maxsize=0, parse_memo_size=memo)
     repo = world.repo(cache)
     for uid in users:  # learn the users' domains and the generations
         world.run(repo.app_config(uid, NAME))
@@ -77,7 +80,8 @@ def test_l2_hit(benchmark, clean_valkey: World) -> None:
         return view
 
     before = snapshot(cache)
-    measure(benchmark, world, "ours.l2_hit", body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
+    key = "ours.l2_hit" if memo else "ours.l2_hit_no_memo"
+    measure(benchmark, world, key, body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
     delta = stats_delta(before, cache.stats, *_COUNTERS)
 
     async def prepare(r):

@@ -252,6 +252,7 @@ class AppConfigFragmentCacheSource:
     async def invalidate_for_policy(self, config_name: str) -> None:
         """Drop every view of ``config_name`` (and the cached list of policy names)."""
         await self._bump(self._invalidate_policy_local(config_name))
+        self._invalidate_policy_local(config_name)  # see _invalidate_targets
 
     def invalidate_for_policy_nowait(self, config_name: str) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write)."""
@@ -278,9 +279,7 @@ class AppConfigFragmentCacheSource:
 
     async def invalidate_scopes(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
         """Invalidate validated scopes: L1 first, then one Valkey round trip for all."""
-        gen_keys = self._invalidate_local(scopes)
-        if gen_keys:
-            await self._bump(gen_keys)
+        await self._invalidate_targets(list(scopes))
 
     async def invalidate_keys(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate what writes to these (validated) fragment keys changed.
@@ -288,9 +287,16 @@ class AppConfigFragmentCacheSource:
         Like :meth:`invalidate_scopes`, except that a public fragment only
         drops its own name's views (the name generation), not every document.
         """
-        gen_keys = self._invalidate_local(_targets(keys))
+        await self._invalidate_targets(_targets(keys))
+
+    async def _invalidate_targets(self, targets: list[tuple[str, str]]) -> None:
+        gen_keys = self._invalidate_local(targets)
         if gen_keys:
             await self._bump(gen_keys)
+            # A read that began while the INCR was in flight ran under the new epoch
+            # but saw the old generations: invalidate locally once more, so nothing
+            # it stored outlives this call (I2).
+            self._invalidate_local(targets)
 
     def invalidate_keys_nowait(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write).
@@ -399,10 +405,9 @@ class AppConfigFragmentCacheSource:
         epoch = self._local.epoch
         names: list[str] | None = None
         gen: int | None = None
+        if await self._l2_ready():
+            names, gen = await self._l2_policy_names(now)
         server = self._epoch(now)
-        if await self._l2_ready() and (server is not None or await self._fetch_epoch(now)):
-            server = self._epoch(now)
-            names, gen = await self._l2_policy_names()
         if names is None:
             names = await loader()
             self._stats.db_loads += 1
@@ -418,22 +423,20 @@ class AppConfigFragmentCacheSource:
             self._names_cache = (names, epoch, now + self.local_ttl)
         return names
 
-    async def _l2_policy_names(self) -> tuple[list[str] | None, int | None]:
+    async def _l2_policy_names(self, now: float) -> tuple[list[str] | None, int | None]:
         """``(names or None on a miss, the policies generation read before any DB query)``."""
 
-        async def run() -> Any:
-            pipe = self.client.pipeline(transaction=False)
+        def queue(pipe: Any) -> None:
             pipe.get(K.POLICY_NAMES)
             pipe.set(K.POLICIES_GEN, _gen_base(), nx=True, get=True)
-            return await pipe.execute()
 
         try:
-            raw, raw_gen = await self._remote.call(run)
+            raw, raw_gen = await self._pipelined(queue, now, self._next_seq())
         except Exception as exc:  # failures, and replies of another shape
             self._log_failure("valkey read failed", exc)
             return None, None
         gen = _as_int(raw_gen)
-        epoch = self._epoch(self._timer())
+        epoch = self._epoch(now)
         if gen is None or epoch is None:
             return None, None  # just created: nothing cached can match it
         try:
@@ -631,27 +634,19 @@ class AppConfigFragmentCacheSource:
         user_keys = [K.merged_key(user_id, name) for name in names]
         user_keys += [K.user_gen_key(user_id), K.user_domain_key(user_id)]
         client = self.client
-        # The server epoch rides in the same pipeline; a cluster's comes from every
-        # primary at once, in parallel with it.
-        info_in_pipe = epoch_due and not self._cluster
 
-        async def run() -> Any:
-            if not due and not epoch_due:
-                return [await client.mget(user_keys)], None
-            pipe = client.pipeline(transaction=False)
+        def queue(pipe: Any) -> None:
             # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
             pipe.execute_command("MGET", *user_keys)
             for key in due:
                 pipe.get(key)
-            if info_in_pipe:
-                pipe.execute_command("INFO", "server")
-            if not epoch_due or info_in_pipe:
-                return await pipe.execute(), None
-            return await asyncio.gather(pipe.execute(), self._cluster_info())
 
         try:
-            reply, cluster_info = await self._remote.call(run)
-        except Exception as exc:
+            if due or epoch_due:
+                reply = await self._pipelined(queue, now, seq)
+            else:
+                reply = [await self._remote.call(lambda: client.mget(user_keys))]
+        except Exception as exc:  # failures, and replies of another shape
             self._log_failure("valkey read failed", exc)
             self._stats.l2_skipped += len(names)
             return {}, None
@@ -659,15 +654,12 @@ class AppConfigFragmentCacheSource:
             values = reply[0]
             if not isinstance(values, list) or len(values) != len(user_keys):
                 raise TypeError(f"MGET answered {type(values).__name__}")
-            for key, raw in zip(due, reply[1 : 1 + len(due)], strict=True):
+            for key, raw in zip(due, reply[1:], strict=True):
                 local.set_gen(key, _as_int(raw), now, seq)
-            if epoch_due:
-                info = reply[-1] if info_in_pipe else cluster_info
-                local.set_gen(K.EPOCH, K.epoch_of(info), now, seq)
             user_gen = _as_int(values[-2])
             raw_domain = values[-1]
             user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
-        except (TypeError, ValueError, IndexError, K.BadEnvelope) as exc:  # another shape
+        except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
             self._reject("valkey answered a reply of the wrong shape", exc)
             self._stats.l2_skipped += len(names)
             return {}, None
@@ -776,23 +768,34 @@ class AppConfigFragmentCacheSource:
         cached = self._local.gen(K.EPOCH, now)
         return None if cached is None else cached[0]
 
+    async def _pipelined(self, queue: Callable[[Any], None], now: float, seq: int) -> list[Any]:
+        """One round trip: the commands ``queue`` adds, plus the server epoch when it is due.
+
+        On a standalone server ``INFO server`` rides in the pipeline; a cluster's
+        epoch comes from every primary, in parallel with it. Returns the replies of
+        ``queue``'s commands; raises what the call raises.
+        """
+        epoch_due = self._epoch(now) is None
+        info_in_pipe = epoch_due and not self._cluster
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            if info_in_pipe:
+                pipe.execute_command("INFO", "server")
+            if not epoch_due or info_in_pipe:
+                return await pipe.execute(), None
+            return await asyncio.gather(pipe.execute(), self._cluster_info())
+
+        reply, cluster_info = await self._remote.call(run)
+        if not epoch_due:
+            return list(reply)
+        info = reply[-1] if info_in_pipe else cluster_info
+        self._local.set_gen(K.EPOCH, K.epoch_of(info), now, seq)
+        return list(reply[:-1] if info_in_pipe else reply)
+
     async def _cluster_info(self) -> Any:
         return await self.client.info("server", target_nodes=self.client.PRIMARIES)
-
-    async def _fetch_epoch(self, now: float) -> bool:
-        """Read the server's identity (``run_id``); it lives ``local_ttl`` like a generation."""
-        seq = self._next_seq()
-        try:
-            if self._cluster:
-                info = await self._remote.call(self._cluster_info)
-            else:
-                info = await self._remote.call(lambda: self.client.info("server"))
-            epoch = K.epoch_of(info)
-        except Exception as exc:
-            self._log_failure("valkey epoch read failed", exc)
-            return False
-        self._local.set_gen(K.EPOCH, epoch, now, seq)
-        return True
 
     async def _fetch_gens(self, gen_keys: list[str], now: float) -> bool:
         seq = self._next_seq()
@@ -912,6 +915,9 @@ class AppConfigFragmentCacheSource:
                 raise  # cancelled after the DB commit: the bump stays pending
             self._log_failure("valkey invalidation failed; will replay", exc)
             return
+        # Numbered after the reply: a GET sent while the INCR was in flight may be
+        # answered after it, and must not put the old value back.
+        seq = self._next_seq()
         for key, value in zip(todo, reply[1 : 2 * len(todo) : 2], strict=True):
             if not key.startswith(_USER_GEN_PREFIX):
                 self._local.set_gen(key, _as_int(value), now, seq)

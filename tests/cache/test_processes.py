@@ -1,0 +1,134 @@
+"""I4 with real OS processes: one writer, three readers, one Valkey and one PostgreSQL.
+
+Each process has its own cache source (its own L1). The writer updates a domain
+fragment every ~0.15 s; the readers read the user's view in a loop. A read is stale
+when a newer version's write call had already returned before the read started; its
+staleness is how long before. It must stay within ``local_ttl`` (plus a little slack
+for the measurement), and the readers must not go to the DB much more than once per
+write and per ``local_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from appconfig_cache import AppConfigFragmentRepository, AppConfigPolicyRepository
+
+from .conftest import DOMAIN, PUBLIC, USER, add_users, finput
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
+WORKER = Path(__file__).with_name("_worker.py")
+LOCAL_TTL = 0.5
+DURATION = 3.0
+WRITE_INTERVAL = 0.15
+READERS = 3
+SLACK = 0.25  # measurement only: a read's start is taken before its L1 check
+STARTUP_GUARD = 60.0  # a hang guard for process start-up, not a timing assertion
+
+
+async def _spawn(role: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKER),
+        role,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def _staleness(reads: list[list[float]], writes: list[list[float]]) -> tuple[float, int]:
+    """Worst staleness of the reads (seconds, 0 if never stale) and how many were stale."""
+    worst, stale = 0.0, 0
+    for t0, _t1, version in reads:
+        newer = [done for v, _start, done in writes if v > version and done < t0]
+        if newer:
+            stale += 1
+            worst = max(worst, t0 - min(newer))
+    return worst, stale
+
+
+async def test_staleness_across_processes_is_bounded_by_local_ttl(
+    engine: AsyncEngine, database_url: str, valkey_url: str
+) -> None:
+    uid = uuid4()
+    await add_users(engine, {uid: "dp"})
+    await AppConfigPolicyRepository(engine).create("theme", [PUBLIC, DOMAIN, USER])
+    await AppConfigFragmentRepository(engine).admin_bulk_create(
+        [finput(DOMAIN, "dp", "theme", {"v": 0})]
+    )
+    env = {
+        **os.environ,
+        "APPCONFIG_WORKER_DATABASE_URL": database_url,
+        "APPCONFIG_WORKER_VALKEY_URL": valkey_url,
+        "APPCONFIG_WORKER_USER": str(uid),
+        "APPCONFIG_WORKER_DOMAIN": "dp",
+        "APPCONFIG_WORKER_LOCAL_TTL": str(LOCAL_TTL),
+        "APPCONFIG_WORKER_DURATION": str(DURATION),
+        "APPCONFIG_WORKER_WRITE_INTERVAL": str(WRITE_INTERVAL),
+    }
+    procs = [await _spawn("writer", env)] + [await _spawn("reader", env) for _ in range(READERS)]
+    try:
+        for proc in procs:  # everyone connected and warmed up
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_GUARD)
+            if line.strip() != b"ready":
+                _out, err = await proc.communicate()
+                pytest.fail(f"worker did not start: {line!r} {err.decode()[-2000:]}")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        outputs = [await proc.communicate() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    results: list[dict[str, Any]] = []
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    writer, readers = results[0], results[1:]
+    writes = writer["writes"]
+    assert len(writes) >= 5, "the writer hardly ran: the test would prove nothing"
+    final = writes[-1][0]
+
+    report = []
+    worst_all = 0.0
+    for reader in readers:
+        reads = reader["reads"]
+        worst, stale = _staleness(reads, writes)
+        worst_all = max(worst_all, worst)
+        versions = [version for _t0, _t1, version in reads]
+        # I4: within local_ttl, and the last reads show the last write
+        assert worst <= LOCAL_TTL + SLACK, (worst, reader["pid"])
+        assert versions[-1] == final
+        # never back in time within one process
+        assert versions == sorted(versions)
+        # DB reads bounded: about one per write and per local_ttl, never one per read
+        bound = len(writes) + math.ceil(reader["elapsed"] / LOCAL_TTL) + 2
+        assert reader["db_loads"] <= bound, (reader["db_loads"], bound)
+        assert reader["sql"] == reader["db_loads"]  # one statement per load
+        assert reader["db_loads"] < len(reads) / 5
+        report.append(
+            f"reader {reader['pid']}: {len(reads)} reads, {stale} stale, worst "
+            f"{worst * 1000:.0f} ms, {reader['db_loads']} DB loads (bound {bound}), "
+            f"l1 {reader['stats']['l1_hits']} l2 {reader['stats']['l2_hits']}"
+        )
+    print(
+        f"\n{len(writes)} writes in {writer['elapsed']:.1f} s, local_ttl {LOCAL_TTL} s; "
+        f"worst cross-process staleness {worst_all * 1000:.0f} ms\n" + "\n".join(report)
+    )
