@@ -47,7 +47,11 @@ async def main(role: str) -> dict[str, Any]:
     client = make_valkey_client(
         env["APPCONFIG_WORKER_VALKEY_URL"], socket_timeout=2.0, socket_connect_timeout=2.0
     )
-    cache = AppConfigFragmentCacheSource(client, local_ttl=local_ttl, timeout=2.0)
+    broadcast = env.get("APPCONFIG_WORKER_BROADCAST") == "1"
+    cache = AppConfigFragmentCacheSource(
+        client, local_ttl=local_ttl, timeout=2.0, broadcast=broadcast
+    )
+    await cache.start()  # with the broadcast on: subscribed before the run starts
     repo = AppConfigFragmentRepository(engine, cache_source=cache)
     await repo.app_config(uid, "theme")  # connections open, the domain is known
     await cache.drain()

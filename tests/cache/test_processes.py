@@ -60,8 +60,9 @@ def _staleness(reads: list[list[float]], writes: list[list[float]]) -> tuple[flo
     return worst, stale
 
 
+@pytest.mark.parametrize("broadcast", [False, True], ids=["broadcast-off", "broadcast-on"])
 async def test_staleness_across_processes_is_bounded_by_local_ttl(
-    engine: AsyncEngine, database_url: str, valkey_url: str
+    engine: AsyncEngine, database_url: str, valkey_url: str, broadcast: bool
 ) -> None:
     uid = uuid4()
     await add_users(engine, {uid: "dp"})
@@ -78,6 +79,7 @@ async def test_staleness_across_processes_is_bounded_by_local_ttl(
         "APPCONFIG_WORKER_LOCAL_TTL": str(LOCAL_TTL),
         "APPCONFIG_WORKER_DURATION": str(DURATION),
         "APPCONFIG_WORKER_WRITE_INTERVAL": str(WRITE_INTERVAL),
+        "APPCONFIG_WORKER_BROADCAST": "1" if broadcast else "0",
     }
     procs = [await _spawn("writer", env)] + [await _spawn("reader", env) for _ in range(READERS)]
     try:
@@ -129,6 +131,7 @@ async def test_staleness_across_processes_is_bounded_by_local_ttl(
             f"l1 {reader['stats']['l1_hits']} l2 {reader['stats']['l2_hits']}"
         )
     print(
-        f"\n{len(writes)} writes in {writer['elapsed']:.1f} s, local_ttl {LOCAL_TTL} s; "
+        f"\n{len(writes)} writes in {writer['elapsed']:.1f} s, local_ttl {LOCAL_TTL} s, "
+        f"broadcast {'on' if broadcast else 'off'}; "
         f"worst cross-process staleness {worst_all * 1000:.0f} ms\n" + "\n".join(report)
     )
