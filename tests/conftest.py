@@ -15,8 +15,14 @@ import pytest_asyncio
 import valkey.asyncio as valkey_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from valkey.asyncio.cluster import ValkeyCluster
 
-from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres, to_asyncpg_url
+from appconfig_cache.embedded import (
+    EmbeddedValkey,
+    EmbeddedValkeyCluster,
+    embedded_postgres,
+    to_asyncpg_url,
+)
 
 VALKEY_URL_ENV = "APPCONFIG_CACHE_VALKEY_URL"
 DATABASE_URL_ENV = "APPCONFIG_CACHE_DATABASE_URL"
@@ -132,3 +138,39 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("_truncate_tables")
     if "valkey_client" in names or "valkey_url" in names:
         request.getfixturevalue("_flush_valkey")
+
+
+# -- Valkey Cluster (tests/cluster, and tests/cache in the py311-cluster env) ------------------
+
+CLUSTER_URL_ENV = "APPCONFIG_CACHE_VALKEY_CLUSTER_URL"
+
+
+@pytest.fixture(scope="session")
+def _session_embedded_cluster() -> Iterator[EmbeddedValkeyCluster]:
+    """One embedded 3-primary cluster for the whole session, started on first use."""
+    with EmbeddedValkeyCluster(primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster_url(request: pytest.FixtureRequest) -> str:
+    """``$APPCONFIG_CACHE_VALKEY_CLUSTER_URL`` or node 0 of the session's embedded cluster."""
+    external = os.environ.get(CLUSTER_URL_ENV)
+    if external:
+        return external
+    cluster: EmbeddedValkeyCluster = request.getfixturevalue("_session_embedded_cluster")
+    return cluster.url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def cluster_client(valkey_cluster_url: str) -> AsyncIterator[ValkeyCluster]:
+    """A ``ValkeyCluster`` client on an empty cluster (FLUSHALL on every primary)."""
+    client = ValkeyCluster.from_url(
+        valkey_cluster_url, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    try:
+        # Also discovers the slot map, so the test's first command is an ordinary one.
+        await client.flushall(target_nodes=ValkeyCluster.PRIMARIES)
+        yield client
+    finally:
+        await client.aclose()

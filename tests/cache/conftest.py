@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -228,12 +229,18 @@ class PauseAt:
 
 
 async def commandstats(client: Any) -> dict[str, int]:
-    """``INFO commandstats`` as ``{command: calls}`` (lower-case command names)."""
-    info = await client.info("commandstats")
+    """``INFO commandstats`` as ``{command: calls}`` (lower-case command names), summed
+    over every primary on a cluster."""
+    if hasattr(client, "get_nodes"):  # ValkeyCluster: one reply per node
+        replies = await client.info("commandstats", target_nodes=client.PRIMARIES)
+        infos = list(replies.values())
+    else:
+        infos = [await client.info("commandstats")]
     out: dict[str, int] = {}
-    for key, value in info.items():
-        name = key.removeprefix("cmdstat_")
-        out[name] = int(value["calls"]) if isinstance(value, dict) else 0
+    for info in infos:
+        for key, value in info.items():
+            name = key.removeprefix("cmdstat_")
+            out[name] = out.get(name, 0) + (int(value["calls"]) if isinstance(value, dict) else 0)
     return out
 
 
@@ -531,25 +538,51 @@ async def servable_envelope(
     if raw is None:
         return None
     header, view = split_envelope(raw)
-    gens = await valkey.mget(
-        [
-            "app_config:gen:public",
-            f"app_config:gen:name:{name}",
-            f"app_config:gen:domain:{domain}",
-            f"app_config:gen:user:{{{uid}}}",
-        ]
-    )
+    gen_keys = [
+        "app_config:gen:public",
+        f"app_config:gen:name:{name}",
+        f"app_config:gen:domain:{domain}",
+        f"app_config:gen:user:{{{uid}}}",
+    ]
+    gens = [await valkey.get(key) for key in gen_keys]  # four slots on a cluster
     current = [None if g is None else int(g) for g in gens]
     if domain == "":
         current[2] = 0
     if header["g"] != current or header["u"] != str(uid) or header["n"] != name:
         return None
-    if "e" in header and header["e"] != _server_epoch(await valkey.info("server")):
+    if "e" in header and header["e"] != _server_epoch(await _server_info(valkey)):
         return None
     return AppConfigData.model_validate(view)
+
+
+async def _server_info(valkey: Any) -> Any:
+    if hasattr(valkey, "get_nodes"):  # ValkeyCluster: the epoch covers every primary
+        return await valkey.info("server", target_nodes=valkey.PRIMARIES)
+    return await valkey.info("server")
 
 
 def _server_epoch(info: Any) -> Any:
     from appconfig_cache.tiered import keys
 
     return keys.epoch_of(info)
+
+
+# -- the same suite on a Valkey Cluster ----------------------------------------------------------
+
+SUITE_ON_CLUSTER_ENV = "APPCONFIG_CACHE_SUITE_ON_CLUSTER"
+
+#: for the few tests that count the standalone shape of a round trip: on a cluster the
+#: server epoch is read from every primary in a call parallel to the pipeline, which the
+#: counting wrapper sees as one more trip (tests/cluster/test_cluster_cache.py counts it)
+standalone_shape_only = pytest.mark.skipif(
+    bool(os.environ.get(SUITE_ON_CLUSTER_ENV)),
+    reason="counts the standalone pipeline shape; the cluster's is in tests/cluster",
+)
+
+if os.environ.get(SUITE_ON_CLUSTER_ENV):
+
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def valkey_client(cluster_client: Any) -> AsyncIterator[Any]:
+        """py311-cluster: every cache source and every inspection of this suite goes
+        through ``ValkeyCluster`` on the embedded 3-primary cluster (flushed per test)."""
+        yield cluster_client

@@ -35,6 +35,7 @@ from .conftest import (
     fkey,
     hang_guard,
     make_world,
+    standalone_shape_only,
     stats_delta,
 )
 from .test_behaviour import PausedLoader
@@ -188,6 +189,7 @@ async def test_bootstrap_returns_every_document_the_user_has(tiers: Tiers) -> No
     ]
 
 
+@standalone_shape_only
 async def test_bootstrap_counts(tiers: Tiers) -> None:
     """Exactly 8 policies, 8 documents."""
     t = tiers

@@ -26,6 +26,7 @@ from .conftest import (
     finput,
     incr_calls,
     make_world,
+    standalone_shape_only,
     stats_delta,
 )
 
@@ -43,6 +44,7 @@ async def measure(t: Tiers, label: str, action: Any) -> tuple[int, int, list[lis
     return t.client.round_trips, sql.count, shape
 
 
+@standalone_shape_only
 async def test_read_round_trips(cached: Tiers) -> None:
     t = cached
     w = await make_world(t)
@@ -85,6 +87,7 @@ async def test_read_round_trips(cached: Tiers) -> None:
     assert (rt, sql, shape) == (2, 1, [["mget"], ["set"]])
 
 
+@standalone_shape_only
 async def test_fresh_process_reads_a_warm_envelope(cached: Tiers) -> None:
     t = cached
     w = await make_world(t)

@@ -14,31 +14,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 import valkey.asyncio as valkey_asyncio
-from valkey.asyncio.cluster import ValkeyCluster
 
 from appconfig_cache.embedded import EmbeddedValkeyCluster, EmbeddedValkeyReplicaPair
 
+# The cluster itself (_session_embedded_cluster, valkey_cluster_url, cluster_client)
+# lives in tests/conftest.py: tests/cache runs its whole suite on it in py311-cluster.
 CLUSTER_URL_ENV = "APPCONFIG_CACHE_VALKEY_CLUSTER_URL"
 
 
 # -- cluster ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def _session_embedded_cluster() -> Iterator[EmbeddedValkeyCluster]:
-    """One embedded 3-primary cluster for the whole session, started on first use."""
-    with EmbeddedValkeyCluster(primaries=3) as cluster:
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def valkey_cluster_url(request: pytest.FixtureRequest) -> str:
-    """``$APPCONFIG_CACHE_VALKEY_CLUSTER_URL`` or node 0 of the session's embedded cluster."""
-    external = os.environ.get(CLUSTER_URL_ENV)
-    if external:
-        return external
-    cluster: EmbeddedValkeyCluster = request.getfixturevalue("_session_embedded_cluster")
-    return cluster.url
 
 
 @pytest.fixture
@@ -59,20 +43,6 @@ def embedded_cluster(request: pytest.FixtureRequest) -> Iterator[EmbeddedValkeyC
             revived = True
     if revived:
         cluster.wait_until_ok()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def cluster_client(valkey_cluster_url: str) -> AsyncIterator[ValkeyCluster]:
-    """A ``ValkeyCluster`` client on an empty cluster (FLUSHALL on every primary)."""
-    client = ValkeyCluster.from_url(
-        valkey_cluster_url, socket_timeout=1.0, socket_connect_timeout=1.0
-    )
-    try:
-        # Also discovers the slot map, so the test's first command is an ordinary one.
-        await client.flushall(target_nodes=ValkeyCluster.PRIMARIES)
-        yield client
-    finally:
-        await client.aclose()
 
 
 # -- primary with one replica -------------------------------------------------------------

@@ -622,16 +622,35 @@ async def test_round_trips_equal_standalone(
     standalone_trips = await run_scenario(engine, on_standalone, users, local_maxsize)
 
     def shapes(trips: dict[str, list[Trip]]) -> dict[str, list[Any]]:
-        return {label: [trip.shape for trip in ts] for label, ts in trips.items()}
+        """Round trips with the server-epoch read folded in: a standalone server answers
+        ``INFO`` inside the pipeline, a cluster in a call to every primary made in
+        parallel with it (the same wait, one more connection)."""
+        out: dict[str, list[Any]] = {}
+        for label, ts in trips.items():
+            shaped = []
+            for trip in ts:
+                kind, names = trip.shape
+                if kind == "call" and names == ("info",):
+                    shaped.append("+epoch")  # parallel to the pipeline just before it
+                elif "info" in names:
+                    shaped += [(kind, tuple(n for n in names if n != "info")), "+epoch"]
+                else:
+                    shaped.append(trip.shape)
+            out[label] = shaped
+        return out
 
     assert shapes(cluster_trips) == shapes(standalone_trips)
     for trips in cluster_trips.values():
         assert_single_slot(trips)
     # A warm read is one round trip (none from L1); a process's first read of a user
     # needs a second one for the generation of the domain it learns from Valkey.
-    assert len(cluster_trips["read again"]) <= 1, cluster_trips["read again"]
+    sequential = {
+        label: [t for t in ts if t.shape != ("call", ("info",))]
+        for label, ts in cluster_trips.items()
+    }  # the epoch read runs in parallel
+    assert len(sequential["read again"]) <= 1, cluster_trips["read again"]
     for label in ("other process, L2 hit", "other process, batch"):
-        assert len(cluster_trips[label]) <= 2, (label, cluster_trips[label])
+        assert len(sequential[label]) <= 2, (label, cluster_trips[label])
     assert sum(map(len, cluster_trips.values())) > 0
     fan_out = {
         label: [nodes_touched(cluster_client, trip) for trip in trips]

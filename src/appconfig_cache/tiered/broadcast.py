@@ -29,9 +29,12 @@ CHANNEL = "app_config:invalidate"
 
 
 def is_cluster(client: Any) -> bool:
+    """A ``ValkeyCluster``, or a wrapper around one (instrumentation proxies delegate)."""
     from valkey.asyncio.cluster import ValkeyCluster
 
-    return isinstance(client, ValkeyCluster)
+    return isinstance(client, ValkeyCluster) or callable(
+        getattr(client, "get_node_from_key", None)
+    )
 
 
 class Broadcast:
