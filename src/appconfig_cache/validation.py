@@ -63,10 +63,6 @@ def validate_name(name: object) -> str:
     return name
 
 
-def validate_names(names: Iterable[object]) -> list[str]:
-    return [validate_name(n) for n in names]
-
-
 def validate_user_id(user_id: object) -> UUID:
     if isinstance(user_id, UUID):
         return user_id

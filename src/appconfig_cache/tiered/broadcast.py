@@ -32,9 +32,7 @@ def is_cluster(client: Any) -> bool:
     """A ``ValkeyCluster``, or a wrapper around one (instrumentation proxies delegate)."""
     from valkey.asyncio.cluster import ValkeyCluster
 
-    return isinstance(client, ValkeyCluster) or callable(
-        getattr(client, "get_node_from_key", None)
-    )
+    return isinstance(client, ValkeyCluster) or callable(getattr(client, "get_node_from_key", None))
 
 
 class Broadcast:

@@ -96,10 +96,6 @@ class LocalTier:
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)
 
-    def clear(self) -> None:
-        if self._entries is not None:
-            self._entries.clear()
-
     # -- invalidation records -----------------------------------------------------
 
     def stale_since(self, epoch: int, user_id: UUID, name: str, domain: str | None) -> bool:
@@ -167,6 +163,3 @@ class LocalTier:
     def forget_gen(self, key: str, seq: int) -> None:
         """Mark a generation unknown; replies to requests older than ``seq`` cannot revive it."""
         self._gens[key] = (None, float("-inf"), seq)
-
-    def gens_snapshot(self) -> dict[str, int | None]:
-        return {k: v for k, (v, _t, _s) in self._gens.items()}
