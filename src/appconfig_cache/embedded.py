@@ -532,10 +532,6 @@ class EmbeddedValkeyCluster(_Lifecycle):
         return [node.pid for node in self._nodes]
 
     @property
-    def bus_ports(self) -> list[int]:
-        return list(self._bus_ports)
-
-    @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         """``(host, port)`` of each node: ``ValkeyCluster(startup_nodes=[ClusterNode(h, p)])``."""
         return [(self.host, node.port) for node in self._nodes]
@@ -546,10 +542,6 @@ class EmbeddedValkeyCluster(_Lifecycle):
         if not self._nodes:
             raise EmbeddedServerError("embedded Valkey cluster is not running")
         return self._nodes[0].url
-
-    @property
-    def urls(self) -> list[str]:
-        return [node.url for node in self._nodes]
 
     # -- context managers ----------------------------------------------------------
 

@@ -7,7 +7,6 @@ from typing import Any
 from uuid import UUID
 
 from .types import AppConfigData, AppConfigFragmentData, AppConfigScopeType
-from .validation import PUBLIC_SCOPE_ID
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -22,15 +21,6 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             merged[key] = value
     return merged
-
-
-def scope_id_for(scope_type: AppConfigScopeType, user_id: UUID, domain: str | None) -> str | None:
-    """The scope id that a user's merged view reads at ``scope_type`` (None: no such scope)."""
-    if scope_type is AppConfigScopeType.PUBLIC:
-        return PUBLIC_SCOPE_ID
-    if scope_type is AppConfigScopeType.USER:
-        return str(user_id)
-    return domain
 
 
 def build_view(

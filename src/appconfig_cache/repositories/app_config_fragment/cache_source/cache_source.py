@@ -256,9 +256,7 @@ class AppConfigFragmentCacheSource:
 
     def invalidate_for_policy_nowait(self, config_name: str) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write)."""
-        gen_keys = self._invalidate_policy_local(config_name)
-        self._stats.invalidations += len(gen_keys)
-        self._defer(gen_keys, self._next_seq())
+        self._bump_later(self._invalidate_policy_local(config_name))
 
     def _invalidate_policy_local(self, config_name: str) -> list[str]:
         validate_name(config_name)
@@ -303,9 +301,7 @@ class AppConfigFragmentCacheSource:
 
         Until the next read replays them, this process does not trust Valkey.
         """
-        gen_keys = self._invalidate_local(_targets(keys))
-        self._stats.invalidations += len(gen_keys)
-        self._defer(gen_keys, self._next_seq())
+        self._bump_later(self._invalidate_local(_targets(keys)))
 
     def _invalidate_local(self, targets: Iterable[tuple[str, str]]) -> list[str]:
         """Bump the local records of each target; return the generation keys, each once.
@@ -948,6 +944,11 @@ class AppConfigFragmentCacheSource:
             else:
                 continue
             local.forget_gen(key, seq)
+
+    def _bump_later(self, gen_keys: list[str]) -> None:
+        """Count the invalidation, and leave its bumps pending for the next read to replay."""
+        self._stats.invalidations += len(gen_keys)
+        self._defer(gen_keys, self._next_seq())
 
     def _defer(self, gen_keys: list[str], seq: int) -> None:
         for key in gen_keys:
