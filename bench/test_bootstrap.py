@@ -59,19 +59,31 @@ def _trips(world: World, shape: str, uid, prepare, **cache_kwargs):
     )
 
 
+#: the warm tiers: (cache settings, ops per round, rounds, what every timed read must be)
+WARM = {
+    # local_ttl=60: every timed read is an L1 hit (see test_l1_hit)
+    "l1": ({"local_ttl": 60.0}, N_L1, 60, lambda d: d["l1_misses"] == 0),
+    # local_maxsize=0 and every envelope in Valkey: every timed read is a Valkey hit
+    "l2": ({"local_maxsize": 0}, N_L2, 50, lambda d: d["db_loads"] == 0 == d["l2_misses"]),
+}
+
+
+@pytest.mark.parametrize("tier", list(WARM))
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_bootstrap_l1(benchmark, clean_valkey: World, shape: str) -> None:
+def test_bootstrap_warm(benchmark, clean_valkey: World, shape: str, tier: str) -> None:
     world = clean_valkey
-    cache = world.cache(local_ttl=60.0)  # every timed read is an L1 hit (see test_l1_hit)
-    repo = world.repo(cache)
+    cache_kwargs, ops, rounds, every_read_hits = WARM[tier]
     users = world.hot_users
-    read = SHAPES[shape](repo)
+    if tier == "l2":
+        world.run(warm_valkey(world, users, NAMES))
+    cache = world.cache(**cache_kwargs)
+    read = SHAPES[shape](world.repo(cache))
     for uid in users:
         world.run(read(uid))
 
     async def body():
         views = None
-        for i in range(N_L1):
+        for i in range(ops):
             views = await read(users[i & 63])
         assert views is not None and len(views) == len(NAMES)
 
@@ -79,10 +91,10 @@ def test_bootstrap_l1(benchmark, clean_valkey: World, shape: str) -> None:
     measure(
         benchmark,
         world,
-        f"bootstrap.l1.{shape}",
+        f"bootstrap.{tier}.{shape}",
         body,
-        ops=N_L1,
-        rounds=scaled(benchmark, 60, 1),
+        ops=ops,
+        rounds=scaled(benchmark, rounds, 1),
         documents=len(NAMES),
     )
     delta = stats_delta(before, cache.stats, *_COUNTERS)
@@ -91,45 +103,8 @@ def test_bootstrap_l1(benchmark, clean_valkey: World, shape: str) -> None:
     async def prepare(r):
         await SHAPES[shape](r)(users[0])
 
-    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, local_ttl=60.0)
-    assert delta["l1_misses"] == 0
-
-
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_bootstrap_l2(benchmark, clean_valkey: World, shape: str) -> None:
-    world = clean_valkey
-    users = world.hot_users
-    world.run(warm_valkey(world, users, NAMES))
-    cache = world.cache(local_maxsize=0)
-    repo = world.repo(cache)
-    read = SHAPES[shape](repo)
-    for uid in users:
-        world.run(read(uid))
-
-    async def body():
-        views = None
-        for i in range(N_L2):
-            views = await read(users[i & 63])
-        assert views is not None and len(views) == len(NAMES)
-
-    before = snapshot(cache)
-    measure(
-        benchmark,
-        world,
-        f"bootstrap.l2.{shape}",
-        body,
-        ops=N_L2,
-        rounds=scaled(benchmark, 50, 1),
-        documents=len(NAMES),
-    )
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
-    benchmark.extra_info["stats"] = delta
-
-    async def prepare(r):
-        await SHAPES[shape](r)(users[0])
-
-    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, local_maxsize=0)
-    assert delta["db_loads"] == 0 and delta["l2_misses"] == 0
+    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, **cache_kwargs)
+    assert every_read_hits(delta), delta
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
