@@ -602,7 +602,8 @@ def render(run: Run, png: Path, rst: Path) -> str:
     out += [
         heading("Notes", "-"),
         "- The L1 benchmarks use ``local_ttl=60`` so that every timed read is an L1 hit; "
-        "with the default 2 s each key also pays one Valkey hit every 2 seconds.\n"
+        "with the default 2 s a hot key stays an L1 hit too, renewed by a background read of "
+        "its generations (batched with every other hot user's) once a second.\n"
         "- The floors do less than our path: the raw ``GET`` returns bytes, our L2 hit "
         "also decodes and validates the envelope (the legacy hit shows that cost alone).\n"
         "- Peers' plain ``get`` store the view's JSON document (as a dict); their decorated "

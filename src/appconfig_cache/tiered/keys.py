@@ -55,6 +55,7 @@ def encode_envelope(
     gens: tuple[int, int, int, int],
     epoch: int,
     data_json: bytes,
+    user_scope: bool | None = None,
 ) -> bytes:
     """A header line, then the view: two compact JSON documents.
 
@@ -63,20 +64,23 @@ def encode_envelope(
     caller, as bytes). Compact JSON never holds a raw newline, so the header is read, and
     an outdated envelope rejected, without parsing the view. ``e`` is the
     server's identity (from its ``run_id``): a restart, a restore or a failover
-    changes it, and no envelope from before can match again.
+    changes it, and no envelope from before can match again. ``c`` (optional)
+    says whether the policy chain the view was merged under had the user
+    scope: then the view's fragments tell the user's own fragment, or its
+    absence, and an outdated envelope whose user generation still holds can be
+    recomposed with fresh shared fragments instead of a per-user query.
     """
-    head = json.dumps(
-        {
-            "v": ENVELOPE_VERSION,
-            "u": str(user_id),
-            "n": name,
-            "d": domain,
-            "g": list(gens),
-            "e": epoch,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    doc: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "u": str(user_id),
+        "n": name,
+        "d": domain,
+        "g": list(gens),
+        "e": epoch,
+    }
+    if user_scope is not None:
+        doc["c"] = int(user_scope)
+    head = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
     return head.encode() + b"\n" + data_json
 
 
@@ -87,10 +91,17 @@ class BadEnvelope(Exception):
 class Header:
     """An envelope's header; ``body`` is where the view's JSON starts."""
 
-    __slots__ = ("body", "domain", "epoch", "gens", "name", "user")
+    __slots__ = ("body", "domain", "epoch", "gens", "name", "user", "user_scope")
 
     def __init__(
-        self, user: str, name: str, domain: str, gens: list[Any], epoch: int, body: int
+        self,
+        user: str,
+        name: str,
+        domain: str,
+        gens: list[Any],
+        epoch: int,
+        body: int,
+        user_scope: bool | None = None,
     ) -> None:
         self.user = user
         self.name = name
@@ -98,6 +109,8 @@ class Header:
         self.gens = gens
         self.epoch = epoch
         self.body = body
+        #: did the view's chain have the user scope (None: not said)
+        self.user_scope = user_scope
 
 
 def decode_header(raw: bytes) -> Header:
@@ -122,7 +135,9 @@ def decode_header(raw: bytes) -> Header:
         and isinstance(epoch, int)
     ):
         raise BadEnvelope("malformed envelope header")
-    return Header(user, name, domain, gens, epoch, end + 1)
+    flag = doc.get("c")
+    user_scope = bool(flag) if type(flag) is int and flag in (0, 1) else None
+    return Header(user, name, domain, gens, epoch, end + 1, user_scope)
 
 
 def epoch_of(info: Any) -> int:

@@ -5,10 +5,21 @@ against the invalidated user, domain, name or the public scope. An L1 entry
 or an in-flight load remembers the epoch it started at; it is stale when a
 record that concerns it is newer. Most hits see an unchanged epoch and skip
 the lookups entirely.
+
+**Renewal.** An entry remembers the generations and the server epoch it was
+computed under. When its ``ttl`` is up it is not dropped at once: if the
+generation cache confirms, with readings younger than ``ttl``, that all of them
+still hold, the entry lives on until the oldest of those readings is ``ttl``
+old. So the bound on cross-process staleness is the same as for a Valkey hit
+(every reading is taken before it is answered), but a hot entry costs no round
+trip of its own. Hits on an entry in the second half of its life put its user
+on :attr:`LocalTier.due`, the users whose generations a background refresh reads
+in one batch (see the cache source).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Final
 from uuid import UUID
@@ -16,31 +27,59 @@ from uuid import UUID
 from cachetools import LRUCache, TLRUCache
 
 from ..types import AppConfigData
+from . import keys as K
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
+_USER_GEN_PREFIX = K.PREFIX + "gen:user:"
+_FORGOTTEN = float("-inf")
+
+
+#: what an entry was computed under: the four generations and the server epoch
+Basis = tuple[tuple[int, int, int, int], int]
 
 
 class _Entry:
-    __slots__ = ("domain", "epoch", "expires", "value")
+    __slots__ = ("basis", "domain", "epoch", "expires", "hard", "refresh_at", "value")
 
     def __init__(
-        self, value: AppConfigData, domain: str | None, epoch: int, expires: float
+        self,
+        value: AppConfigData,
+        domain: str | None,
+        epoch: int,
+        expires: float,
+        half_life: float,
+        basis: Basis | None,
+        hard: float,
     ) -> None:
         self.value = value
         self.domain = domain
         self.epoch = epoch
         self.expires = expires
+        # Hits after this ask the background refresh to confirm the generations.
+        # Without a basis the entry cannot be renewed: it simply expires.
+        self.refresh_at = expires - half_life if basis is not None else expires
+        self.basis = basis
+        self.hard = hard
 
 
 def _entry_expiry(_key: object, entry: _Entry, _now: float) -> float:
-    return entry.expires
+    return entry.hard
 
 
 class LocalTier:
     """Everything the cache source keeps in process memory."""
 
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        ttl: float,
+        timer: Callable[[], float],
+        *,
+        max_life: float = 600.0,
+    ) -> None:
         self.ttl = ttl
+        #: no entry outlives this, renewed or not (the envelopes' TTL in Valkey)
+        self.max_life = max_life
         self.timer = timer
         self.maxsize = maxsize
         self._entries: TLRUCache[tuple[UUID, str], _Entry] | None = (
@@ -58,6 +97,11 @@ class LocalTier:
         self.domains: LRUCache[UUID, str] = LRUCache(maxsize=max(4 * maxsize, 65536))
         #: generation key -> (value or None when absent, fetched at, request sequence)
         self._gens: dict[str, tuple[int | None, float, int]] = {}
+        #: the keys of ``_gens`` that are not a user's (few: public, names, domains, epoch)
+        self._shared_keys: set[str] = set()
+        #: users with hits on entries in the second half of their life (an ordered set)
+        self.due: dict[UUID, None] = {}
+        self.renewals = 0
 
     # -- L1 entries ---------------------------------------------------------------
 
@@ -74,7 +118,57 @@ class LocalTier:
                 del entries[(user_id, name)]
                 return MISS
             entry.epoch = self.epoch
+        now = self.timer()
+        if now >= entry.refresh_at:
+            if now >= entry.expires and not self._renew(entry, user_id, name, now):
+                del entries[(user_id, name)]
+                return MISS
+            if now >= entry.refresh_at:  # in the second half of its (renewed) life
+                entry.refresh_at = entry.expires  # one request per half-life
+                self.due[user_id] = None
         return entry.value
+
+    def _renew(self, entry: _Entry, user_id: UUID, name: str, now: float) -> bool:
+        """Extend an expired entry if fresh generation readings confirm its basis."""
+        basis, domain = entry.basis, entry.domain
+        if basis is None or domain is None:
+            return False
+        (public, by_name, by_domain, user), server = basis
+        checks = [
+            (K.PUBLIC_GEN, public),
+            (K.name_gen_key(name), by_name),
+            (K.user_gen_key(user_id), user),
+            (K.EPOCH, server),
+        ]
+        if domain != K.NO_DOMAIN:
+            checks.append((K.domain_gen_key(domain), by_domain))
+        oldest = now
+        for key, value in checks:
+            found = self._gens.get(key)
+            if found is None or found[0] != value:
+                return False
+            oldest = min(oldest, found[1])
+        expires = min(oldest + self.ttl, entry.hard)
+        if expires <= now:
+            return False
+        entry.expires = expires
+        entry.refresh_at = expires - self.ttl / 2
+        self.renewals += 1
+        return True
+
+    def take_due(self, limit: int) -> list[UUID]:
+        """Up to ``limit`` users on :attr:`due`, oldest first, removed from it."""
+        due = self.due
+        out = list(itertools.islice(due, limit))
+        for user_id in out:
+            del due[user_id]
+        return out
+
+    def gens_due(self, now: float) -> list[str]:
+        """The non-user generation keys (and the epoch) in the second half of their life."""
+        limit = now - self.ttl / 2
+        gens = self._gens
+        return [key for key in self._shared_keys if _FORGOTTEN < gens[key][1] <= limit]
 
     def put(
         self,
@@ -84,13 +178,21 @@ class LocalTier:
         domain: str | None,
         epoch: int,
         expires: float,
+        basis: Basis | None = None,
     ) -> bool:
-        """Store unless an invalidation since ``epoch`` concerns it, or it would expire at once."""
+        """Store unless an invalidation since ``epoch`` concerns it, or it would expire at once.
+
+        ``basis``: the generations and server epoch the value was computed under,
+        which let the entry be renewed; ``None``: it expires at ``expires``.
+        """
         if self._entries is None or self.stale_since(epoch, user_id, name, domain):
             return False
-        if expires <= self.timer():
+        now = self.timer()
+        if expires <= now:
             return False
-        self._entries[(user_id, name)] = _Entry(value, domain, epoch, expires)
+        self._entries[(user_id, name)] = _Entry(
+            value, domain, epoch, expires, self.ttl / 2, basis, now + self.max_life
+        )
         return True
 
     def __len__(self) -> int:
@@ -158,8 +260,13 @@ class LocalTier:
             return
         if len(self._gens) > 65536:
             self._gens.clear()
+            self._shared_keys.clear()
         self._gens[key] = (value, fetched_at, seq)
+        if not key.startswith(_USER_GEN_PREFIX):
+            self._shared_keys.add(key)
 
     def forget_gen(self, key: str, seq: int) -> None:
         """Mark a generation unknown; replies to requests older than ``seq`` cannot revive it."""
-        self._gens[key] = (None, float("-inf"), seq)
+        self._gens[key] = (None, _FORGOTTEN, seq)
+        if not key.startswith(_USER_GEN_PREFIX):
+            self._shared_keys.add(key)

@@ -38,6 +38,14 @@ class CacheStats:
     breaker_state: str = "closed"
     breaker_opens: int = 0
     flights_joined: int = 0
+    #: L1 entries kept past local_ttl because fresh generation readings confirmed them
+    l1_renewals: int = 0
+    #: background round trips that read the generations of hot L1 entries
+    gen_refreshes: int = 0
+    #: views rebuilt from an outdated envelope's user part and fresh shared fragments
+    recomposed: int = 0
+    #: DB queries for shared parts (one per domain and generation; in db_loads too)
+    shared_loads: int = 0
     #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)
     broadcast: str = "off"
     broadcast_received: int = 0

@@ -72,7 +72,9 @@ class AppConfigFragmentRepository:
         hit = cache.local_get(user_id, name)
         if hit is not MISS:
             return hit  # type: ignore[return-value]
-        return (await cache.resolve(user_id, (name,), self._db.load_views))[name]
+        return (await cache.resolve(user_id, (name,), self._db.load_views, self._db.load_shared))[
+            name
+        ]
 
     async def app_configs(self, user_id: UUID, names: Sequence[str]) -> list[AppConfigData]:
         """The merged views of ``names`` in input order: one round trip per tier at most."""
@@ -90,7 +92,9 @@ class AppConfigFragmentRepository:
         if self._cache is None:
             views = (await self._db.load_views(uid, unique)).views
         else:
-            views = await self._cache.read_through(uid, unique, self._db.load_views)
+            views = await self._cache.read_through(
+                uid, unique, self._db.load_views, self._db.load_shared
+            )
         return [views[name] for name in names]
 
     async def my_app_configs(self, user_id: UUID) -> list[AppConfigData]:

@@ -9,18 +9,20 @@ SCAN, no KEYS, no membership sets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from cachetools import LRUCache
 
 from ....errors import AppConfigError, CacheSettingsError
+from ....merge import build_view
 from ....tiered import keys as K
 from ....tiered.broadcast import Broadcast, is_cluster
 from ....tiered.flight import Flights, settle
@@ -30,17 +32,28 @@ from ....tiered.stats import CacheStats
 from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
 from ....validation import validate_name, validate_scope, validate_user_id
 from ...utils import LogThrottle, suppress_with_log
-from ..db_source import LoadedViews
+from ..db_source import LoadedViews, SharedPart
 
-__all__ = ["AppConfigFragmentCacheSource", "Loader"]
+__all__ = ["AppConfigFragmentCacheSource", "Loader", "SharedLoader"]
 
 _logger = logging.getLogger("appconfig_cache.cache")
 
 #: loads the merged views of names for a user from the database
 Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
+#: loads what every user of a domain (None: no domain) shares in the views of names
+SharedLoader = Callable[[str | None, Sequence[str]], Awaitable[dict[str, SharedPart]]]
 
 _RANDOM = random.SystemRandom()
 _USER_GEN_PREFIX = K.PREFIX + "gen:user:"
+#: users whose generations one background refresh reads at most
+_REFRESH_BATCH = 1000
+#: envelopes one fill round trip writes at most, and envelopes waiting at most
+_FILL_BATCH = 256
+_FILL_QUEUE_MAX = 20_000
+#: shared parts of views, by (domain, name), kept in process memory
+_SHARED_PARTS = 4096
+#: (public, name, domain) generations and server epoch a shared part was read under
+_SharedTag = tuple[int, int, int, int]
 
 
 _NAME = "name"  # an invalidation target that is a config name, not a scope
@@ -87,6 +100,10 @@ class _FillPlan:
     user_domain: str | None  # what Valkey's user_domain key said
 
     epoch: int | None = None
+    #: when the generations were read (the oldest reading, for an L1 deadline)
+    read_at: float = 0.0
+    #: outdated envelopes of the names whose user generation and epoch still hold
+    reusable: dict[str, tuple[bytes, K.Header]] = field(default_factory=dict)
 
     def gens(self, name: str) -> tuple[int, int, int, int] | None:
         values = (self.public, self.names.get(name), self.domain_gen, self.user)
@@ -166,7 +183,7 @@ class AppConfigFragmentCacheSource:
         self.max_value_bytes = max_value_bytes
         self._timer = timer
         self._stats = CacheStats()
-        self._local = LocalTier(local_maxsize, local_ttl, timer)
+        self._local = LocalTier(local_maxsize, local_ttl, timer, max_life=ttl)
         # Envelope bytes -> parsed view, so an envelope fetched again (after its L1
         # entry expired, or with L1 off) is not parsed again. It is not a cache
         # tier: every read still fetches the envelope and checks its header's
@@ -192,6 +209,14 @@ class AppConfigFragmentCacheSource:
         self._broadcast = Broadcast(valkey_client, self._apply_remote) if broadcast else None
         self._cluster = is_cluster(valkey_client)
         self._policies_at = 0  # local epoch of the last policy change
+        self._refreshing: asyncio.Task[None] | None = None
+        self._fill_queue: list[tuple[str, bytes]] = []
+        self._filling: asyncio.Task[None] | None = None
+        # (domain, name) -> (the generations and epoch it was read under, the part or None)
+        self._shared: LRUCache[tuple[str, str], tuple[_SharedTag, SharedPart | None]] = LRUCache(
+            maxsize=_SHARED_PARTS
+        )
+        self._shared_flights: dict[tuple[str, str, _SharedTag], asyncio.Future[Any]] = {}
 
     # -- observability ------------------------------------------------------------
 
@@ -201,6 +226,7 @@ class AppConfigFragmentCacheSource:
         self._stats.breaker_state = self._remote.breaker.state.value
         self._stats.breaker_opens = self._remote.breaker.opens
         self._stats.pending_bumps = len(self._pending)
+        self._stats.l1_renewals = self._local.renewals
         if self._broadcast is not None:
             self._stats.broadcast = self._broadcast.state
             self._stats.broadcast_received = self._broadcast.received
@@ -268,11 +294,14 @@ class AppConfigFragmentCacheSource:
 
     def local_get(self, user_id: UUID, name: str) -> AppConfigData | object:
         """The L1 entry or ``MISS``; inputs must be validated already."""
-        value = self._local.get(user_id, name)
+        local = self._local
+        value = local.get(user_id, name)
         if value is MISS:
             self._stats.l1_misses += 1
         else:
             self._stats.l1_hits += 1
+            if local.due and self._refreshing is None:
+                self._start_refresh()
         return value
 
     async def invalidate_scopes(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
@@ -327,7 +356,11 @@ class AppConfigFragmentCacheSource:
         return list(gen_keys)
 
     async def read_through(
-        self, user_id: UUID, names: Sequence[str], loader: Loader
+        self,
+        user_id: UUID,
+        names: Sequence[str],
+        loader: Loader,
+        shared: SharedLoader | None = None,
     ) -> dict[str, AppConfigData]:
         """Views of distinct, validated ``names``: L1, then Valkey, then ``loader``."""
         out: dict[str, AppConfigData] = {}
@@ -339,13 +372,22 @@ class AppConfigFragmentCacheSource:
             else:
                 out[name] = value  # type: ignore[assignment]
         if need:
-            out.update(await self.resolve(user_id, need, loader))
+            out.update(await self.resolve(user_id, need, loader, shared))
         return out
 
     async def resolve(
-        self, user_id: UUID, names: Sequence[str], loader: Loader
+        self,
+        user_id: UUID,
+        names: Sequence[str],
+        loader: Loader,
+        shared: SharedLoader | None = None,
     ) -> dict[str, AppConfigData]:
-        """L1 has missed ``names``: join or lead the flights that load them."""
+        """L1 has missed ``names``: join or lead the flights that load them.
+
+        ``shared``, if given, lets an outdated envelope whose user part still holds
+        be recomposed from the domain's shared fragments (one query per domain and
+        generation, shared by all its users) instead of a query per user.
+        """
         if self._broadcast is not None:
             self._broadcast.ensure_started()
         local = self._local
@@ -366,18 +408,25 @@ class AppConfigFragmentCacheSource:
             if not waits:
                 # Nothing to join: load in this task, without a task switch. If this
                 # caller is cancelled, its flights are cancelled and joiners take over.
-                await self._lead(user_id, started, loader, epoch)
+                await self._lead(user_id, started, loader, epoch, shared)
                 return {name: flight.future.result() for name, flight in started}
             waits.extend((name, flight.future) for name, flight in started)
             task = asyncio.get_running_loop().create_task(
-                self._lead(user_id, started, loader, epoch)
+                self._lead(user_id, started, loader, epoch, shared)
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return {name: await self._join(user_id, name, future, loader) for name, future in waits}
+        return {
+            name: await self._join(user_id, name, future, loader, shared) for name, future in waits
+        }
 
     async def _join(
-        self, user_id: UUID, name: str, future: asyncio.Future[AppConfigData], loader: Loader
+        self,
+        user_id: UUID,
+        name: str,
+        future: asyncio.Future[AppConfigData],
+        loader: Loader,
+        shared: SharedLoader | None,
     ) -> AppConfigData:
         """Wait for another read's load; if that read was cancelled, load it ourselves."""
         try:
@@ -387,7 +436,7 @@ class AppConfigFragmentCacheSource:
             task = asyncio.current_task()
             if not future.cancelled() or (task is not None and task.cancelling()):
                 raise
-        return (await self.resolve(user_id, [name], loader))[name]
+        return (await self.resolve(user_id, [name], loader, shared))[name]
 
     async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``.
@@ -459,14 +508,69 @@ class AppConfigFragmentCacheSource:
         if self._broadcast is not None:
             await self._broadcast.aclose()
 
+    # -- renewing hot L1 entries ----------------------------------------------------
+
+    def _start_refresh(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._refreshing = task = loop.create_task(self._refresh_due())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_due(self) -> None:
+        """Read the generations of the users on ``due`` (and shared ones getting old).
+
+        One pipelined round trip per batch of users, whatever the number of their
+        entries; the readings let :class:`LocalTier` renew those entries when
+        their ``local_ttl`` is up. Nothing here is needed for correctness: a
+        failed or skipped refresh only lets the entries expire.
+        """
+        local = self._local
+        try:
+            await asyncio.sleep(0)  # let the hits of this loop iteration join the batch
+            while local.due:
+                if self._pending or not self._remote.available():
+                    local.due.clear()
+                    return
+                users = local.take_due(_REFRESH_BATCH)
+                now = self._timer()
+                seq = self._next_seq()
+                shared = local.gens_due(now)
+                epoch = K.EPOCH in shared
+                keys = [K.user_gen_key(u) for u in users]
+                keys += [key for key in shared if key != K.EPOCH]
+
+                def queue(pipe: Any, keys: list[str] = keys) -> None:
+                    for key in keys:
+                        pipe.get(key)
+
+                reply = await self._pipelined(queue, now, seq, epoch=epoch)
+                if len(reply) != len(keys):
+                    raise TypeError(f"{len(reply)} replies to {len(keys)} GETs")
+                for key, raw in zip(keys, reply, strict=True):
+                    local.set_gen(key, _as_int(raw), now, seq)
+                self._stats.gen_refreshes += 1
+        except Exception as exc:  # the entries expire instead; nothing else depends on it
+            local.due.clear()
+            self._log_failure("valkey generation refresh failed", exc)
+        finally:
+            self._refreshing = None
+
     # -- the miss path --------------------------------------------------------------
 
     async def _lead(
-        self, user_id: UUID, started: list[tuple[str, Any]], loader: Loader, epoch: int
+        self,
+        user_id: UUID,
+        started: list[tuple[str, Any]],
+        loader: Loader,
+        epoch: int,
+        shared: SharedLoader | None,
     ) -> None:
         names = [name for name, _ in started]
         try:
-            found = await self._fetch(user_id, names, loader, epoch)
+            found = await self._fetch(user_id, names, loader, epoch, shared)
         except BaseException as exc:  # the DB failed: every waiter gets the error
             for _, flight in started:
                 settle(flight.future, exc)
@@ -481,7 +585,12 @@ class AppConfigFragmentCacheSource:
                 self._flights.finish((user_id, name), flight)
 
     async def _fetch(
-        self, user_id: UUID, names: list[str], loader: Loader, epoch: int
+        self,
+        user_id: UUID,
+        names: list[str],
+        loader: Loader,
+        epoch: int,
+        shared: SharedLoader | None,
     ) -> dict[str, AppConfigData]:
         found: dict[str, AppConfigData] = {}
         plan: _FillPlan | None = None
@@ -490,6 +599,9 @@ class AppConfigFragmentCacheSource:
         else:
             self._stats.l2_skipped += len(names)
         missing = [name for name in names if name not in found]
+        if missing and shared is not None and plan is not None and plan.reusable:
+            found.update(await self._recompose(user_id, missing, plan, epoch, shared))
+            missing = [name for name in missing if name not in found]
         if not missing:
             return found
         started = self._timer()
@@ -500,6 +612,129 @@ class AppConfigFragmentCacheSource:
         found.update((name, loaded.views[name]) for name in missing)
         self._store(user_id, missing, loaded, plan, epoch, started)
         return found
+
+    async def _recompose(
+        self,
+        user_id: UUID,
+        names: list[str],
+        plan: _FillPlan,
+        epoch: int,
+        shared: SharedLoader,
+    ) -> dict[str, AppConfigData]:
+        """Views of ``names`` rebuilt from outdated envelopes whose user part holds.
+
+        An envelope in ``plan.reusable`` has the user's current generation: the
+        user's own fragment (or its absence) in it is current, and only shared
+        scopes (public, domain, domain_user_defaults, the policy) may have
+        changed. The shared generations are read again first: the user part is
+        as new as the ``MGET``, so the shared part must be too (generations the
+        process cached up to ``local_ttl`` ago could pair a new user fragment
+        with an old domain fragment, a view that never existed). The shared
+        parts then come from :meth:`_shared_parts` under those generations,
+        which go into the new envelopes as for a DB load (I3).
+        """
+        domain, server = plan.domain, plan.epoch
+        if domain is None or server is None or plan.user is None:
+            return {}
+        candidates = [
+            name
+            for name in names
+            if (found := plan.reusable.get(name)) is not None
+            and found[1].domain == domain
+            # A public-scope invalidation (the operators' flush) reloads everything.
+            and found[1].gens[0] == plan.public
+        ]
+        if not candidates:
+            return {}
+        now = self._timer()
+        gen_keys = [K.PUBLIC_GEN, *map(K.name_gen_key, candidates)]
+        if domain != K.NO_DOMAIN:
+            gen_keys.append(K.domain_gen_key(domain))
+        if not await self._fetch_gens(gen_keys, now):
+            return {}
+        fresh: dict[str, int | None] = {}
+        olds: dict[str, tuple[AppConfigData, bool]] = {}
+        public = domain_gen = 0
+        for name in candidates:
+            raw, header = plan.reusable[name]
+            current, _read_at = self._current(name, domain, plan.user, now)
+            if current is None or current[0] != header.gens[0] or self._epoch(now) != server:
+                continue
+            old = self._body(user_id, name, raw, header)
+            if old is not None:
+                fresh[name] = current[1]
+                olds[name] = (old, bool(header.user_scope))
+                public, domain_gen = current[0], current[2]
+        if not olds:
+            return {}
+        plan = dataclasses.replace(plan, public=public, names=fresh, domain_gen=domain_gen)
+        parts = await self._shared_parts(domain, list(olds), plan, shared)
+        views: dict[str, AppConfigData] = {}
+        chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
+        for name, (old, had_user) in olds.items():
+            part = parts.get(name)
+            if part is None or (AppConfigScopeType.USER in part.chain and not had_user):
+                continue  # no policy now, or the user scope is new to the chain: a full load
+            own = [f for f in old.fragments if f.scope_type is AppConfigScopeType.USER]
+            views[name] = build_view(user_id, name, part.chain, (*part.fragments, *own))
+            chains[name] = part.chain
+        if views:
+            self._stats.recomposed += len(views)
+            loaded = LoadedViews(
+                domain=domain, views=views, with_policy=frozenset(chains), chains=chains
+            )
+            # The user generation was read with the MGET, before the shared ones.
+            self._store(user_id, list(views), loaded, plan, epoch, plan.read_at, domain_known=False)
+        return views
+
+    async def _shared_parts(
+        self, domain: str, names: list[str], plan: _FillPlan, shared: SharedLoader
+    ) -> dict[str, SharedPart | None]:
+        """The shared parts of ``names`` under ``plan``'s generations: memory, flight or DB."""
+        out: dict[str, SharedPart | None] = {}
+        waits: list[tuple[str, asyncio.Future[Any]]] = []
+        lead: dict[str, tuple[_SharedTag, asyncio.Future[Any]]] = {}
+        flights = self._shared_flights
+        for name in names:
+            tag: _SharedTag = (plan.public, plan.names[name], plan.domain_gen, plan.epoch)  # type: ignore[assignment]
+            cached = self._shared.get((domain, name))
+            if cached is not None and cached[0] == tag:
+                out[name] = cached[1]
+            elif (future := flights.get((domain, name, tag))) is not None:
+                waits.append((name, future))
+            else:
+                future = asyncio.get_running_loop().create_future()
+                flights[(domain, name, tag)] = future
+                lead[name] = (tag, future)
+        if lead:
+            try:
+                loaded = await shared(None if domain == K.NO_DOMAIN else domain, list(lead))
+                self._stats.db_loads += 1
+                self._stats.shared_loads += 1
+            except BaseException as exc:
+                for _tag, future in lead.values():
+                    settle(future, exc)
+                raise
+            finally:
+                for name, (tag, future) in lead.items():
+                    if flights.get((domain, name, tag)) is future:
+                        del flights[(domain, name, tag)]
+            for name, (tag, future) in lead.items():
+                part = loaded.get(name)
+                self._shared[(domain, name)] = (tag, part)
+                if not future.done():
+                    future.set_result(part)
+                out[name] = part
+        for name, future in waits:
+            try:
+                # shield: a cancelled waiter must not cancel the load the others wait for
+                out[name] = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not future.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # the leader was cancelled: this name gets a full load instead
+        return out
 
     def _store(
         self,
@@ -534,17 +769,22 @@ class AppConfigFragmentCacheSource:
                 self._stats.oversize_values += 1
                 self._stats.fills_skipped += 1
                 continue
-            self._local.put(user_id, name, view, domain, epoch, expires)
-            if plan is None:
-                continue
             gens = (
                 plan.gens(name)
-                if domain is not None and plan.domain == domain and plan.epoch is not None
+                if plan is not None
+                and domain is not None
+                and plan.domain == domain
+                and plan.epoch is not None
                 else None
             )
+            basis = None if gens is None else (gens, plan.epoch)  # type: ignore[union-attr]
+            self._local.put(user_id, name, view, domain, epoch, expires, basis)  # type: ignore[arg-type]
+            if plan is None:
+                continue
             if gens is None:
                 self._stats.fills_skipped += 1
                 continue
+            chain = loaded.chains.get(name)
             envelope = K.encode_envelope(
                 user_id,
                 name,
@@ -552,6 +792,7 @@ class AppConfigFragmentCacheSource:
                 gens,
                 plan.epoch,  # type: ignore[arg-type]
                 data_json,
+                None if chain is None else AppConfigScopeType.USER in chain,
             )
             sets.append((K.merged_key(user_id, name), envelope))
         if plan is None:
@@ -559,9 +800,32 @@ class AppConfigFragmentCacheSource:
         if domain_known and domain is not None and plan.user_domain != domain:
             sets.append((K.user_domain_key(user_id), domain.encode()))
         if sets:
-            task = asyncio.get_running_loop().create_task(self._fill(sets))
+            self._queue_fill(sets)
+
+    def _queue_fill(self, sets: list[tuple[str, bytes]]) -> None:
+        """Queue envelopes for Valkey; one task writes all that queued meanwhile.
+
+        Fills of concurrent reads (many users after a shared write, a warm-up)
+        share pipelined round trips instead of each taking a pool connection.
+        """
+        if len(self._fill_queue) >= _FILL_QUEUE_MAX:
+            self._stats.fills_skipped += len(sets)
+            return
+        self._fill_queue.extend(sets)
+        if self._filling is None:
+            self._filling = task = asyncio.get_running_loop().create_task(self._flush_fills())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _flush_fills(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let this loop iteration's reads add theirs
+            while self._fill_queue:
+                batch = self._fill_queue[:_FILL_BATCH]
+                del self._fill_queue[:_FILL_BATCH]
+                await self._fill(batch)
+        finally:
+            self._filling = None
 
     async def _fill(self, sets: list[tuple[str, bytes]]) -> None:
         if not self._remote.available():
@@ -653,6 +917,7 @@ class AppConfigFragmentCacheSource:
             for key, raw in zip(due, reply[1:], strict=True):
                 local.set_gen(key, _as_int(raw), now, seq)
             user_gen = _as_int(values[-2])
+            local.set_gen(K.user_gen_key(user_id), user_gen, now, seq)
             raw_domain = values[-1]
             user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
         except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
@@ -677,22 +942,41 @@ class AppConfigFragmentCacheSource:
             return {}, None
 
         found: dict[str, AppConfigData] = {}
+        reusable: dict[str, tuple[bytes, K.Header]] = {}
         server_epoch = self._epoch(now)
         for name, raw, header in candidates:
             current, oldest = self._current(name, header.domain, user_gen, now)
             if current is None or header.gens != current or header.epoch != server_epoch:
                 self._stats.envelopes_outdated += 1
+                if (
+                    header.user_scope is not None
+                    and user_gen is not None
+                    and header.gens[3] == user_gen
+                    and header.epoch == server_epoch
+                ):
+                    reusable[name] = (raw, header)  # only shared scopes changed
                 continue
             data = self._body(user_id, name, raw, header)
             if data is not None:
                 found[name] = data
-                local.put(user_id, name, data, header.domain, epoch, oldest + self.local_ttl)
+                basis = (tuple(current), server_epoch)
+                local.put(
+                    user_id,
+                    name,
+                    data,
+                    header.domain,
+                    epoch,
+                    oldest + self.local_ttl,
+                    basis,  # type: ignore[arg-type]
+                )
         self._stats.l2_hits += len(found)
         self._stats.l2_misses += len(names) - len(found)
         missing = names if force else [name for name in names if name not in found]
         if not plan_fill or not missing:
             return found, None
         plan = await self._make_plan(user_id, missing, domain, user_gen, user_domain, now)
+        if plan is not None and reusable:
+            plan.reusable = reusable
         return found, plan
 
     def _headers(
@@ -764,14 +1048,17 @@ class AppConfigFragmentCacheSource:
         cached = self._local.gen(K.EPOCH, now)
         return None if cached is None else cached[0]
 
-    async def _pipelined(self, queue: Callable[[Any], None], now: float, seq: int) -> list[Any]:
+    async def _pipelined(
+        self, queue: Callable[[Any], None], now: float, seq: int, *, epoch: bool = False
+    ) -> list[Any]:
         """One round trip: the commands ``queue`` adds, plus the server epoch when it is due.
 
         On a standalone server ``INFO server`` rides in the pipeline; a cluster's
-        epoch comes from every primary, in parallel with it. Returns the replies of
-        ``queue``'s commands; raises what the call raises.
+        epoch comes from every primary, in parallel with it. ``epoch=True`` reads
+        the epoch even if it is not due. Returns the replies of ``queue``'s
+        commands; raises what the call raises.
         """
-        epoch_due = self._epoch(now) is None
+        epoch_due = epoch or self._epoch(now) is None
         info_in_pipe = epoch_due and not self._cluster
 
         async def run() -> Any:
@@ -865,6 +1152,7 @@ class AppConfigFragmentCacheSource:
             user=known[user_key],
             user_domain=user_domain,
             epoch=self._epoch(now),
+            read_at=now,
         )
 
     # -- invalidation ---------------------------------------------------------------
@@ -932,8 +1220,7 @@ class AppConfigFragmentCacheSource:
                     local.invalidate_user(UUID(ident.strip("{}")))
                 except ValueError:
                     continue
-                continue
-            if kind == "domain" and ident:
+            elif kind == "domain" and ident:
                 local.invalidate_domain(ident)
             elif kind == "name" and ident:
                 local.invalidate_name(ident)

@@ -1,3 +1,3 @@
-from .db_source import AppConfigFragmentDBSource, ItemFailure, LoadedViews
+from .db_source import AppConfigFragmentDBSource, ItemFailure, LoadedViews, SharedPart
 
-__all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews"]
+__all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews", "SharedPart"]

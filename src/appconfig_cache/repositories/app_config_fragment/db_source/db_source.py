@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -24,7 +24,7 @@ from ....types import (
     BulkFailure,
 )
 
-__all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews"]
+__all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews", "SharedPart"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,38 @@ LEFT JOIN app_config_fragments AS f
     )
 )
 
+# The part of the views of ``names`` that every user of one domain shares: each
+# policy's chain and its public, domain and domain_user_defaults fragments.
+# ``:domain`` NULL (a user without a users row) matches no domain fragment.
+_SHARED_SQL = (
+    sa.text(
+        """
+SELECT p.config_name, p.scope_sources,
+       f.id, f.scope_type, f.scope_id, f.config, f.created_at, f.updated_at
+FROM app_config_policies AS p
+LEFT JOIN LATERAL (
+    VALUES ('public', 'public'),
+           ('domain', CAST(:domain AS text)),
+           ('domain_user_defaults', CAST(:domain AS text))
+) AS s(scope_type, scope_id) ON s.scope_type = ANY(p.scope_sources)
+LEFT JOIN app_config_fragments AS f
+       ON f.scope_type = s.scope_type AND f.scope_id = s.scope_id AND f.name = p.config_name
+WHERE p.config_name = ANY(CAST(:names AS text[]))
+"""
+    )
+    .bindparams(sa.bindparam("domain", type_=sa.Text), sa.bindparam("names", type_=ARRAY(sa.Text)))
+    .columns(
+        config_name=sa.Text,
+        scope_sources=ARRAY(sa.Text),
+        id=sa.Uuid,
+        scope_type=sa.Text,
+        scope_id=sa.Text,
+        config=JSONB,
+        created_at=sa.DateTime(timezone=True),
+        updated_at=sa.DateTime(timezone=True),
+    )
+)
+
 _POLICY_CHAIN_SQL = (
     sa.select(policies.c.scope_sources)
     .where(policies.c.config_name == sa.bindparam("name"))
@@ -89,6 +121,17 @@ class LoadedViews:
     views: dict[str, AppConfigData]
     #: the names that have a policy; only their views may be cached
     with_policy: frozenset[str]
+    #: each policy's chain, for the names that have one
+    chains: dict[str, tuple[AppConfigScopeType, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPart:
+    """What every user of a domain shares in the view of one name."""
+
+    chain: tuple[AppConfigScopeType, ...]
+    #: the public, domain and domain_user_defaults fragments of the chain
+    fragments: tuple[AppConfigFragmentData, ...]
 
 
 class ItemFailure(Exception):
@@ -110,6 +153,33 @@ def _fragment(row: Any) -> AppConfigFragmentData:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
+
+
+def _chains_and_fragments(
+    rows: Sequence[Any],
+) -> tuple[dict[str, tuple[AppConfigScopeType, ...]], dict[str, list[AppConfigFragmentData]]]:
+    """Group merged-view rows: each policy's chain, and the fragments found for it."""
+    chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
+    found: dict[str, list[AppConfigFragmentData]] = {}
+    for row in rows:
+        if row.config_name is None:
+            continue
+        if row.config_name not in chains:
+            chains[row.config_name] = tuple(AppConfigScopeType(s) for s in row.scope_sources)
+            found[row.config_name] = []
+        if row.id is not None:
+            found[row.config_name].append(
+                AppConfigFragmentData(
+                    id=row.id,
+                    scope_type=AppConfigScopeType(row.scope_type),
+                    scope_id=row.scope_id,
+                    name=row.config_name,
+                    config=row.config,
+                    created_at=row.created_at,
+                    updated_at=row.updated_at,
+                )
+            )
+    return chains, found
 
 
 def _key_filter(key: AppConfigFragmentKey) -> sa.ColumnElement[bool]:
@@ -139,30 +209,26 @@ class AppConfigFragmentDBSource:
         except (SQLAlchemyError, OSError) as exc:
             raise AppConfigStorageError(f"merged-view query failed: {exc}") from exc
         domain: str | None = rows[0].domain_name if rows else None
-        chains: dict[str, list[AppConfigScopeType]] = {}
-        found: dict[str, list[AppConfigFragmentData]] = {}
-        for row in rows:
-            if row.config_name is None:
-                continue
-            if row.config_name not in chains:
-                chains[row.config_name] = [AppConfigScopeType(s) for s in row.scope_sources]
-                found[row.config_name] = []
-            if row.id is not None:
-                found[row.config_name].append(
-                    AppConfigFragmentData(
-                        id=row.id,
-                        scope_type=AppConfigScopeType(row.scope_type),
-                        scope_id=row.scope_id,
-                        name=row.config_name,
-                        config=row.config,
-                        created_at=row.created_at,
-                        updated_at=row.updated_at,
-                    )
-                )
+        chains, found = _chains_and_fragments(rows)
         views = {
             name: build_view(user_id, name, chains.get(name), found.get(name, ())) for name in names
         }
-        return LoadedViews(domain=domain, views=views, with_policy=frozenset(chains))
+        return LoadedViews(domain=domain, views=views, with_policy=frozenset(chains), chains=chains)
+
+    async def load_shared(self, domain: str | None, names: Sequence[str]) -> dict[str, SharedPart]:
+        """The shared parts of the views of ``names`` in ``domain``, in one statement.
+
+        Names without a policy are absent from the result. ``domain=None``: a
+        user without a users row (public fragments only).
+        """
+        try:
+            async with self._read_engine.connect() as conn:
+                result = await conn.execute(_SHARED_SQL, {"domain": domain, "names": list(names)})
+                rows = result.all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise AppConfigStorageError(f"shared-view query failed: {exc}") from exc
+        chains, found = _chains_and_fragments(rows)
+        return {name: SharedPart(chain, tuple(found[name])) for name, chain in chains.items()}
 
     async def policy_names(self) -> list[str]:
         """Every config name that has a policy, sorted."""

@@ -1,0 +1,194 @@
+"""Recomposition: after a write to a shared scope, views are rebuilt without a query per user.
+
+An outdated envelope whose user generation still holds carries the user's own
+fragment; only the shared part (the policy chain and the public, domain and
+domain_user_defaults fragments) is read again, once per domain and generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID, uuid4
+
+import pytest
+
+from appconfig_cache import AppConfigPolicyRepository, MyFragmentInput
+
+from .conftest import (
+    DOMAIN,
+    DUD,
+    LOCAL_TTL,
+    PUBLIC,
+    USER,
+    SqlCounter,
+    Tiers,
+    World,
+    add_users,
+    count_sql,
+    finput,
+    make_world,
+)
+
+NAMES = ["theme", "menu"]
+
+
+async def _warm(t: Tiers, users: list[UUID]) -> None:
+    """Every user's envelopes in Valkey, the process knowing their domains."""
+    assert t.cache is not None
+    for _ in range(2):  # the first load of a user in a process does not fill Valkey
+        for uid in users:
+            await t.repo.app_configs(uid, NAMES)
+        await t.cache.drain()
+        t.clock.advance(LOCAL_TTL)
+    for uid in users:
+        for name in NAMES:
+            assert await t.valkey.exists(f"app_config:merged:{{{uid}}}:{name}")
+
+
+async def _read_all(t: Tiers, users: list[UUID]) -> SqlCounter:
+    assert t.cache is not None
+    want = {uid: await _truth(t, uid) for uid in users}
+    with count_sql(t.engine) as sql:
+        got = {uid: await t.repo.app_configs(uid, NAMES) for uid in users}
+        await t.cache.drain()
+    assert got == want
+    return sql
+
+
+async def _truth(t: Tiers, uid: UUID) -> list[object]:
+    return list(await t.db.app_configs(uid, NAMES))
+
+
+async def _admin(t: Tiers, scope: object, scope_id: str, name: str, config: dict) -> None:
+    result = await t.repo.admin_bulk_update([finput(scope, scope_id, name, config)])  # type: ignore[arg-type]
+    assert not result.failures
+
+
+async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    users = [w.u1, w.u2, w.u3, w.u4]
+    await _warm(t, users)
+    await _admin(t, PUBLIC, "public", "theme", {"color": "white"})
+    loads = t.cache.stats.db_loads
+    sql = await _read_all(t, users)
+    stats = t.cache.stats
+    # theme: one shared query per domain (d1, d2, no domain); menu is unchanged: L2 hits
+    assert stats.shared_loads == 3
+    assert stats.recomposed == 4
+    assert stats.db_loads - loads == 3
+    assert sql.count == 3
+    # and the recomposed views were written back: the next round is all hits
+    t.clock.advance(LOCAL_TTL)
+    sql = await _read_all(t, users)
+    assert sql.count == 0
+
+
+@pytest.mark.parametrize("scope", [DOMAIN, DUD])
+async def test_a_domain_change_is_one_query_for_the_domain(cached: Tiers, scope: object) -> None:
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    more = [uuid4() for _ in range(6)]
+    await add_users(t.engine, dict.fromkeys(more, "d1"))
+    users = [w.u1, w.u2, w.u3, *more]
+    await _warm(t, users)
+    await _admin(t, scope, "d1", "theme", {"color": "red", "font": {"size": 20}})
+    sql = await _read_all(t, users)
+    assert t.cache.stats.shared_loads == 1  # d1's theme and menu; d2 (u3) is unchanged
+    assert t.cache.stats.recomposed == 2 * (2 + len(more))
+    assert sql.count == 1
+
+
+async def test_concurrent_users_share_one_shared_query(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    await make_world(t)
+    more = [uuid4() for _ in range(30)]
+    await add_users(t.engine, dict.fromkeys(more, "d1"))
+    await _warm(t, more)
+    await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
+    with count_sql(t.engine) as sql:
+        got = await asyncio.gather(*(t.repo.app_configs(uid, NAMES) for uid in more))
+        await t.cache.drain()
+    assert sql.count == 1
+    for uid, views in zip(more, got, strict=True):
+        assert views == await _truth(t, uid)
+
+
+async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    await _warm(t, [w.u1])
+    done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])
+    assert not done.failures
+    sql = await _read_all(t, [w.u1])
+    assert t.cache.stats.recomposed == 0
+    assert sql.count == 1
+
+
+async def test_a_policy_change_recomposes_with_the_new_chain(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    await _warm(t, [w.u1, w.u2])
+    await t.policies.update("theme", [USER, DUD, PUBLIC])  # the user's fragment now loses
+    sql = await _read_all(t, [w.u1, w.u2])
+    assert t.cache.stats.recomposed == 2
+    assert sql.count == 1  # u1 reads d1's theme part, u2 finds it in memory; menu: hits
+    assert t.cache.stats.shared_loads == 1
+
+
+async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -> None:
+    """An envelope made without the user scope cannot tell the user's own fragment."""
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    await t.policies.update("theme", [PUBLIC, DOMAIN])  # u1's user fragment drops out
+    t.clock.advance(LOCAL_TTL)
+    await _warm(t, [w.u1])
+    await t.policies.update("theme", [PUBLIC, DOMAIN, USER])  # and comes back
+    sql = await _read_all(t, [w.u1])  # compared with the DB: the user fragment is there
+    assert t.cache.stats.recomposed == 0
+    assert sql.count == 2  # the shared query shows the new chain; then the full load
+
+
+async def test_the_shared_part_is_read_again_after_each_change(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    await _warm(t, [w.u1, w.u2])
+    for i in range(3):
+        await _admin(t, DOMAIN, "d1", "theme", {"color": f"c{i}"})
+        sql = await _read_all(t, [w.u1, w.u2])
+        assert sql.count == 1
+    assert t.cache.stats.shared_loads == 3
+
+
+async def test_a_removed_policy_is_not_recomposed(cached: Tiers) -> None:
+    t = cached
+    assert t.cache is not None
+    w: World = await make_world(t, fragments=False)  # a policy in use cannot be purged
+    await _warm(t, [w.u1])
+    await AppConfigPolicyRepository(t.engine, cache_source=t.cache).purge("theme")
+    sql = await _read_all(t, [w.u1])  # theme is now the empty view of a name without policy
+    assert t.cache.stats.recomposed == 0
+    assert sql.count == 2  # the shared query finds no policy; then the full load
+
+
+async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> None:
+    """``invalidate_for_scope(PUBLIC)`` (``appconfig-cache invalidate --public``) is the
+    flush after changing the tables behind the library's back: nothing is recomposed,
+    so a user's own fragment changed by SQL shows too."""
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    await _warm(t, [w.u1, w.u2])
+    done = await t.db.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"by": "sql"})])
+    assert not done.failures  # through a DB-only repository: no invalidation
+    await t.cache.invalidate_for_scope(PUBLIC, "public")
+    sql = await _read_all(t, [w.u1, w.u2])  # compared with the DB
+    assert t.cache.stats.recomposed == 0
+    assert sql.count == 2
