@@ -192,3 +192,40 @@ async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> 
     sql = await _read_all(t, [w.u1, w.u2])  # compared with the DB
     assert t.cache.stats.recomposed == 0
     assert sql.count == 2
+
+
+async def test_a_new_user_part_never_meets_an_old_shared_part(cached: Tiers) -> None:
+    """B holds d1's shared part and generation from before A's domain write; A then
+    writes u1's own fragment. B's recomposition must read d1's generation again: its
+    cached one would pick its cached d1 part, and with u1's new fragment that makes a
+    view that never was."""
+    t = cached
+    assert t.cache is not None
+    w = await make_world(t)
+    b_repo, b_cache, _b_client, b_clock = t.make_repo()
+
+    async def b_reads() -> object:
+        if b_cache._local._entries is not None:
+            b_cache._local._entries.clear()  # B's L1 may serve the old view (I4): skip it
+        got = await b_repo.app_config(w.u1, "theme")
+        await b_cache.drain()
+        return got
+
+    for _ in range(2):
+        await b_repo.app_configs(w.u1, NAMES)
+        await b_cache.drain()
+        b_clock.advance(LOCAL_TTL)
+    await b_repo.app_configs(w.u1, NAMES)
+    await b_cache.drain()
+    await t.repo.app_configs(w.u1, NAMES)
+    await _admin(t, PUBLIC, "public", "theme", {"color": "white"})
+    b_clock.advance(LOCAL_TTL)  # B reads the generations again, sees the public write
+    recomposed = b_cache.stats.recomposed
+    await b_reads()  # B recomposes: it now holds d1's theme part
+    assert b_cache.stats.recomposed == recomposed + 1
+    await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})  # A: d1 first
+    done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"u": 2})])
+    assert not done.failures  # then u1's own fragment
+    await t.repo.app_configs(w.u1, NAMES)  # A fills Valkey under the new generations
+    await t.cache.drain()
+    assert await b_reads() == await t.db.app_config(w.u1, "theme")

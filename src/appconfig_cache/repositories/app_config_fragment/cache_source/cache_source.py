@@ -102,6 +102,8 @@ class _FillPlan:
     epoch: int | None = None
     #: when the generations were read (the oldest reading, for an L1 deadline)
     read_at: float = 0.0
+    #: the user generation has held since before any request numbered above this was sent
+    user_since: int = 0
     #: outdated envelopes of the names whose user generation and epoch still hold
     reusable: dict[str, tuple[bytes, K.Header]] = field(default_factory=dict)
 
@@ -210,6 +212,8 @@ class AppConfigFragmentCacheSource:
         self._cluster = is_cluster(valkey_client)
         self._policies_at = 0  # local epoch of the last policy change
         self._refreshing: asyncio.Task[None] | None = None
+        # user generation key -> (value, the request number when it was first seen)
+        self._user_since: LRUCache[str, tuple[int | None, int]] = LRUCache(maxsize=65536)
         self._fill_queue: list[tuple[str, bytes]] = []
         self._filling: asyncio.Task[None] | None = None
         # (domain, name) -> (the generations and epoch it was read under, the part or None)
@@ -550,7 +554,10 @@ class AppConfigFragmentCacheSource:
                 if len(reply) != len(keys):
                     raise TypeError(f"{len(reply)} replies to {len(keys)} GETs")
                 for key, raw in zip(keys, reply, strict=True):
-                    local.set_gen(key, _as_int(raw), now, seq)
+                    value = _as_int(raw)
+                    local.set_gen(key, value, now, seq)
+                    if key.startswith(_USER_GEN_PREFIX):
+                        self._saw_user_gen(key, value)
                 self._stats.gen_refreshes += 1
         except Exception as exc:  # the entries expire instead; nothing else depends on it
             local.due.clear()
@@ -650,14 +657,23 @@ class AppConfigFragmentCacheSource:
         gen_keys = [K.PUBLIC_GEN, *map(K.name_gen_key, candidates)]
         if domain != K.NO_DOMAIN:
             gen_keys.append(K.domain_gen_key(domain))
-        if not await self._fetch_gens(gen_keys, now):
+        # The user part has held since plan.user_since: a shared reading requested
+        # after that describes a moment when both held. Older ones (say, from before
+        # a shared write that came before the user's) are read again.
+        stale = [
+            key
+            for key in gen_keys
+            if (reading := self._local.gen(key, now)) is None or reading[2] <= plan.user_since
+        ]
+        if stale and not await self._fetch_gens(stale, now):
             return {}
         fresh: dict[str, int | None] = {}
         olds: dict[str, tuple[AppConfigData, bool]] = {}
         public = domain_gen = 0
+        read_at = plan.read_at
         for name in candidates:
             raw, header = plan.reusable[name]
-            current, _read_at = self._current(name, domain, plan.user, now)
+            current, oldest = self._current(name, domain, plan.user, now)
             if current is None or current[0] != header.gens[0] or self._epoch(now) != server:
                 continue
             old = self._body(user_id, name, raw, header)
@@ -665,9 +681,12 @@ class AppConfigFragmentCacheSource:
                 fresh[name] = current[1]
                 olds[name] = (old, bool(header.user_scope))
                 public, domain_gen = current[0], current[2]
+                read_at = min(read_at, oldest)
         if not olds:
             return {}
-        plan = dataclasses.replace(plan, public=public, names=fresh, domain_gen=domain_gen)
+        plan = dataclasses.replace(
+            plan, public=public, names=fresh, domain_gen=domain_gen, read_at=read_at
+        )
         parts = await self._shared_parts(domain, list(olds), plan, shared)
         views: dict[str, AppConfigData] = {}
         chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
@@ -683,7 +702,7 @@ class AppConfigFragmentCacheSource:
             loaded = LoadedViews(
                 domain=domain, views=views, with_policy=frozenset(chains), chains=chains
             )
-            # The user generation was read with the MGET, before the shared ones.
+            # L1: local_ttl after the oldest reading used (the MGET's or a shared one).
             self._store(user_id, list(views), loaded, plan, epoch, plan.read_at, domain_known=False)
         return views
 
@@ -795,6 +814,8 @@ class AppConfigFragmentCacheSource:
                 None if chain is None else AppConfigScopeType.USER in chain,
             )
             sets.append((K.merged_key(user_id, name), envelope))
+            if self._decoded is not None:  # these bytes will come back: no need to parse them
+                self._decoded[(user_id, name)] = (envelope, view)
         if plan is None:
             return
         if domain_known and domain is not None and plan.user_domain != domain:
@@ -868,6 +889,19 @@ class AppConfigFragmentCacheSource:
         await self._send_bumps([], self._next_seq(), now)
         return not self._pending
 
+    def _saw_user_gen(self, user_key: str, value: int | None) -> int:
+        """Record a reply's user generation; return since when that value is known to hold.
+
+        The stamp is taken when the reply is handled: a request numbered above it
+        was sent after the value was current in Valkey.
+        """
+        known = self._user_since.get(user_key)
+        if known is not None and known[0] == value and value is not None:
+            return known[1]
+        stamp = self._next_seq()
+        self._user_since[user_key] = (value, stamp)
+        return stamp
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -917,7 +951,9 @@ class AppConfigFragmentCacheSource:
             for key, raw in zip(due, reply[1:], strict=True):
                 local.set_gen(key, _as_int(raw), now, seq)
             user_gen = _as_int(values[-2])
-            local.set_gen(K.user_gen_key(user_id), user_gen, now, seq)
+            user_key = K.user_gen_key(user_id)
+            local.set_gen(user_key, user_gen, now, seq)
+            user_since = self._saw_user_gen(user_key, user_gen)
             raw_domain = values[-1]
             user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
         except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
@@ -977,6 +1013,7 @@ class AppConfigFragmentCacheSource:
         plan = await self._make_plan(user_id, missing, domain, user_gen, user_domain, now)
         if plan is not None and reusable:
             plan.reusable = reusable
+            plan.user_since = user_since
         return found, plan
 
     def _headers(
