@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -39,6 +39,28 @@ class Flights(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+class LeaderCancelled:
+    """What :func:`wait_flight` returns when the task it waited for was cancelled."""
+
+
+LEADER_CANCELLED: Final = LeaderCancelled()
+
+
+async def wait_flight(future: asyncio.Future[V]) -> V | LeaderCancelled:
+    """Wait for another task's load, or learn that it was cancelled (and this task was
+    not): then :data:`LEADER_CANCELLED`, and the caller loads it itself.
+
+    Shielded: a cancelled waiter does not cancel the load the others wait for.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not future.cancelled() or (task is not None and task.cancelling()):
+            raise
+    return LEADER_CANCELLED
 
 
 def settle(future: asyncio.Future[V], exc: BaseException) -> None:

@@ -32,8 +32,12 @@ def merged_key(user_id: UUID, name: str) -> str:
     return f"{PREFIX}merged:{{{user_id}}}:{name}"
 
 
+#: every user generation key starts with this (the others are few and shared)
+USER_GEN_PREFIX = PREFIX + "gen:user:"
+
+
 def user_gen_key(user_id: UUID) -> str:
-    return f"{PREFIX}gen:user:{{{user_id}}}"
+    return f"{USER_GEN_PREFIX}{{{user_id}}}"
 
 
 def user_domain_key(user_id: UUID) -> str:

@@ -24,13 +24,12 @@ from collections.abc import Callable
 from typing import Final
 from uuid import UUID
 
-from cachetools import LRUCache, TLRUCache
+from cachetools import LRUCache
 
 from ..types import AppConfigData
 from . import keys as K
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
-_USER_GEN_PREFIX = K.PREFIX + "gen:user:"
 _FORGOTTEN = float("-inf")
 
 
@@ -62,10 +61,6 @@ class _Entry:
         self.hard = hard
 
 
-def _entry_expiry(_key: object, entry: _Entry, _now: float) -> float:
-    return entry.hard
-
-
 class LocalTier:
     """Everything the cache source keeps in process memory."""
 
@@ -82,8 +77,11 @@ class LocalTier:
         self.max_life = max_life
         self.timer = timer
         self.maxsize = maxsize
-        self._entries: TLRUCache[tuple[UUID, str], _Entry] | None = (
-            TLRUCache(maxsize, _entry_expiry, timer=timer) if maxsize > 0 else None
+        # An LRU whose entries carry their own deadlines, checked by get() with one
+        # clock reading: refresh_at <= expires <= hard, so a hit that is neither in
+        # its second half nor expired costs a comparison.
+        self._entries: LRUCache[tuple[UUID, str], _Entry] | None = (
+            LRUCache(maxsize) if maxsize > 0 else None
         )
         self.epoch = 0
         self._floor = 0  # entries and flights older than this are stale (after a prune)
@@ -190,8 +188,9 @@ class LocalTier:
         now = self.timer()
         if expires <= now:
             return False
+        hard = now + self.max_life
         self._entries[(user_id, name)] = _Entry(
-            value, domain, epoch, expires, self.ttl / 2, basis, now + self.max_life
+            value, domain, epoch, min(expires, hard), self.ttl / 2, basis, hard
         )
         return True
 
@@ -261,12 +260,13 @@ class LocalTier:
         if len(self._gens) > 65536:
             self._gens.clear()
             self._shared_keys.clear()
-        self._gens[key] = (value, fetched_at, seq)
-        if not key.startswith(_USER_GEN_PREFIX):
-            self._shared_keys.add(key)
+        self._record(key, (value, fetched_at, seq))
 
     def forget_gen(self, key: str, seq: int) -> None:
         """Mark a generation unknown; replies to requests older than ``seq`` cannot revive it."""
-        self._gens[key] = (None, _FORGOTTEN, seq)
-        if not key.startswith(_USER_GEN_PREFIX):
+        self._record(key, (None, _FORGOTTEN, seq))
+
+    def _record(self, key: str, reading: tuple[int | None, float, int]) -> None:
+        self._gens[key] = reading
+        if not key.startswith(K.USER_GEN_PREFIX):
             self._shared_keys.add(key)

@@ -25,7 +25,7 @@ from ....errors import AppConfigError, CacheSettingsError
 from ....merge import build_view
 from ....tiered import keys as K
 from ....tiered.broadcast import Broadcast, is_cluster
-from ....tiered.flight import Flights, settle
+from ....tiered.flight import Flights, LeaderCancelled, settle, wait_flight
 from ....tiered.local import MISS, LocalTier
 from ....tiered.remote import CircuitBreaker, Remote
 from ....tiered.stats import CacheStats
@@ -44,7 +44,6 @@ Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
 SharedLoader = Callable[[str | None, Sequence[str]], Awaitable[dict[str, SharedPart]]]
 
 _RANDOM = random.SystemRandom()
-_USER_GEN_PREFIX = K.PREFIX + "gen:user:"
 #: users whose generations one background refresh reads at most
 _REFRESH_BATCH = 1000
 #: envelopes one fill round trip writes at most, and envelopes waiting at most
@@ -220,7 +219,7 @@ class AppConfigFragmentCacheSource:
         self._shared: LRUCache[tuple[str, str], tuple[_SharedTag, SharedPart | None]] = LRUCache(
             maxsize=_SHARED_PARTS
         )
-        self._shared_flights: dict[tuple[str, str, _SharedTag], asyncio.Future[Any]] = {}
+        self._shared_flights: Flights[SharedPart | None] = Flights()
 
     # -- observability ------------------------------------------------------------
 
@@ -433,13 +432,9 @@ class AppConfigFragmentCacheSource:
         shared: SharedLoader | None,
     ) -> AppConfigData:
         """Wait for another read's load; if that read was cancelled, load it ourselves."""
-        try:
-            # shield: a cancelled waiter must not cancel the load the others wait for
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not future.cancelled() or (task is not None and task.cancelling()):
-                raise
+        value = await wait_flight(future)
+        if not isinstance(value, LeaderCancelled):
+            return value
         return (await self.resolve(user_id, [name], loader, shared))[name]
 
     async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
@@ -536,33 +531,16 @@ class AppConfigFragmentCacheSource:
             await asyncio.sleep(0)  # let the hits of this loop iteration join the batch
             while local.due:
                 if self._pending or not self._remote.available():
-                    local.due.clear()
-                    return
-                users = local.take_due(_REFRESH_BATCH)
+                    break
                 now = self._timer()
-                seq = self._next_seq()
                 shared = local.gens_due(now)
-                epoch = K.EPOCH in shared
-                keys = [K.user_gen_key(u) for u in users]
+                keys = [K.user_gen_key(u) for u in local.take_due(_REFRESH_BATCH)]
                 keys += [key for key in shared if key != K.EPOCH]
-
-                def queue(pipe: Any, keys: list[str] = keys) -> None:
-                    for key in keys:
-                        pipe.get(key)
-
-                reply = await self._pipelined(queue, now, seq, epoch=epoch)
-                if len(reply) != len(keys):
-                    raise TypeError(f"{len(reply)} replies to {len(keys)} GETs")
-                for key, raw in zip(keys, reply, strict=True):
-                    value = _as_int(raw)
-                    local.set_gen(key, value, now, seq)
-                    if key.startswith(_USER_GEN_PREFIX):
-                        self._saw_user_gen(key, value)
+                if not await self._fetch_gens(keys, now, epoch=K.EPOCH in shared):
+                    break  # the entries expire instead; nothing else depends on it
                 self._stats.gen_refreshes += 1
-        except Exception as exc:  # the entries expire instead; nothing else depends on it
-            local.due.clear()
-            self._log_failure("valkey generation refresh failed", exc)
         finally:
+            local.due.clear()
             self._refreshing = None
 
     # -- the miss path --------------------------------------------------------------
@@ -711,48 +689,40 @@ class AppConfigFragmentCacheSource:
     ) -> dict[str, SharedPart | None]:
         """The shared parts of ``names`` under ``plan``'s generations: memory, flight or DB."""
         out: dict[str, SharedPart | None] = {}
-        waits: list[tuple[str, asyncio.Future[Any]]] = []
-        lead: dict[str, tuple[_SharedTag, asyncio.Future[Any]]] = {}
+        waits: list[tuple[str, asyncio.Future[SharedPart | None]]] = []
+        lead: dict[str, tuple[_SharedTag, Any]] = {}
         flights = self._shared_flights
         for name in names:
             tag: _SharedTag = (plan.public, plan.names[name], plan.domain_gen, plan.epoch)  # type: ignore[assignment]
             cached = self._shared.get((domain, name))
             if cached is not None and cached[0] == tag:
                 out[name] = cached[1]
-            elif (future := flights.get((domain, name, tag))) is not None:
-                waits.append((name, future))
+            elif (flight := flights.get((domain, name, tag))) is not None:
+                waits.append((name, flight.future))
             else:
-                future = asyncio.get_running_loop().create_future()
-                flights[(domain, name, tag)] = future
-                lead[name] = (tag, future)
+                lead[name] = (tag, flights.start((domain, name, tag), self._local.epoch))
         if lead:
             try:
                 loaded = await shared(None if domain == K.NO_DOMAIN else domain, list(lead))
                 self._stats.db_loads += 1
                 self._stats.shared_loads += 1
             except BaseException as exc:
-                for _tag, future in lead.values():
-                    settle(future, exc)
+                for _tag, flight in lead.values():
+                    settle(flight.future, exc)
                 raise
             finally:
-                for name, (tag, future) in lead.items():
-                    if flights.get((domain, name, tag)) is future:
-                        del flights[(domain, name, tag)]
-            for name, (tag, future) in lead.items():
+                for name, (tag, flight) in lead.items():
+                    flights.finish((domain, name, tag), flight)
+            for name, (tag, flight) in lead.items():
                 part = loaded.get(name)
                 self._shared[(domain, name)] = (tag, part)
-                if not future.done():
-                    future.set_result(part)
+                if not flight.future.done():
+                    flight.future.set_result(part)
                 out[name] = part
         for name, future in waits:
-            try:
-                # shield: a cancelled waiter must not cancel the load the others wait for
-                out[name] = await asyncio.shield(future)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not future.cancelled() or (task is not None and task.cancelling()):
-                    raise
-                # the leader was cancelled: this name gets a full load instead
+            waited = await wait_flight(future)
+            if not isinstance(waited, LeaderCancelled):  # else: a full load for this name
+                out[name] = waited
         return out
 
     def _store(
@@ -1117,22 +1087,27 @@ class AppConfigFragmentCacheSource:
     async def _cluster_info(self) -> Any:
         return await self.client.info("server", target_nodes=self.client.PRIMARIES)
 
-    async def _fetch_gens(self, gen_keys: list[str], now: float) -> bool:
+    async def _fetch_gens(self, gen_keys: list[str], now: float, *, epoch: bool = False) -> bool:
+        """Read generations (and the epoch when due, or asked for) in one round trip.
+
+        False if Valkey failed or answered something else; the failure is logged.
+        """
         seq = self._next_seq()
 
-        async def run() -> Any:
-            pipe = self.client.pipeline(transaction=False)
+        def queue(pipe: Any) -> None:
             for key in gen_keys:
                 pipe.get(key)
-            return await pipe.execute()
 
         try:
-            reply = await self._remote.call(run)
-        except Exception as exc:
+            reply = await self._pipelined(queue, now, seq, epoch=epoch)
+            readings = [(key, _as_int(raw)) for key, raw in zip(gen_keys, reply, strict=True)]
+        except Exception as exc:  # failures, and replies of another shape
             self._log_failure("valkey generation read failed", exc)
             return False
-        for key, raw in zip(gen_keys, reply, strict=True):
-            self._local.set_gen(key, _as_int(raw), now, seq)
+        for key, value in readings:
+            self._local.set_gen(key, value, now, seq)
+            if key.startswith(K.USER_GEN_PREFIX):
+                self._saw_user_gen(key, value)
         return True
 
     async def _make_plan(
@@ -1240,7 +1215,7 @@ class AppConfigFragmentCacheSource:
         # answered after it, and must not put the old value back.
         seq = self._next_seq()
         for key, value in zip(todo, reply[1 : 2 * len(todo) : 2], strict=True):
-            if not key.startswith(_USER_GEN_PREFIX):
+            if not key.startswith(K.USER_GEN_PREFIX):
                 self._local.set_gen(key, _as_int(value), now, seq)
         self._pending.difference_update(todo)
         if _logger.isEnabledFor(logging.DEBUG):

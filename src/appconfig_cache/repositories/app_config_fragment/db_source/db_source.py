@@ -28,6 +28,18 @@ __all__ = ["AppConfigFragmentDBSource", "ItemFailure", "LoadedViews", "SharedPar
 
 T = TypeVar("T")
 
+#: the columns both merged-view queries return per (policy, fragment) row
+_POLICY_FRAGMENT_COLUMNS: dict[str, Any] = {
+    "config_name": sa.Text,
+    "scope_sources": ARRAY(sa.Text),
+    "id": sa.Uuid,
+    "scope_type": sa.Text,
+    "scope_id": sa.Text,
+    "config": JSONB,
+    "created_at": sa.DateTime(timezone=True),
+    "updated_at": sa.DateTime(timezone=True),
+}
+
 # One round trip for any number of names: the user's domain, each policy's
 # chain, and for every (policy, scope in its chain) the one fragment the user
 # reads there. The VALUES row per scope type turns the lookup into probes of
@@ -51,17 +63,7 @@ LEFT JOIN app_config_fragments AS f
 """
     )
     .bindparams(sa.bindparam("uid", type_=sa.Uuid), sa.bindparam("names", type_=ARRAY(sa.Text)))
-    .columns(
-        domain_name=sa.Text,
-        config_name=sa.Text,
-        scope_sources=ARRAY(sa.Text),
-        id=sa.Uuid,
-        scope_type=sa.Text,
-        scope_id=sa.Text,
-        config=JSONB,
-        created_at=sa.DateTime(timezone=True),
-        updated_at=sa.DateTime(timezone=True),
-    )
+    .columns(domain_name=sa.Text, **_POLICY_FRAGMENT_COLUMNS)
 )
 
 # The part of the views of ``names`` that every user of one domain shares: each
@@ -84,16 +86,7 @@ WHERE p.config_name = ANY(CAST(:names AS text[]))
 """
     )
     .bindparams(sa.bindparam("domain", type_=sa.Text), sa.bindparam("names", type_=ARRAY(sa.Text)))
-    .columns(
-        config_name=sa.Text,
-        scope_sources=ARRAY(sa.Text),
-        id=sa.Uuid,
-        scope_type=sa.Text,
-        scope_id=sa.Text,
-        config=JSONB,
-        created_at=sa.DateTime(timezone=True),
-        updated_at=sa.DateTime(timezone=True),
-    )
+    .columns(**_POLICY_FRAGMENT_COLUMNS)
 )
 
 _POLICY_CHAIN_SQL = (
