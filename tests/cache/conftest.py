@@ -228,6 +228,12 @@ class PauseAt:
         self._go.set()
 
 
+def rebuilt(cache: AppConfigFragmentCacheSource) -> int:
+    """Views a cache source rebuilt from a user part and a shared part (either way)."""
+    stats = cache.stats
+    return stats.recomposed + stats.l1_recomposed
+
+
 async def commandstats(client: Any) -> dict[str, int]:
     """``INFO commandstats`` as ``{command: calls}`` (lower-case command names), summed
     over every primary on a cluster."""

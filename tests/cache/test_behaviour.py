@@ -49,6 +49,7 @@ from .conftest import (
     incr_calls,
     join_envelope,
     make_world,
+    rebuilt,
     scope_id_of,
     split_envelope,
     stats_delta,
@@ -87,10 +88,10 @@ async def reads_hit(t: Tiers, pairs: list[tuple[UUID, str]]) -> dict[tuple[UUID,
     assert t.cache is not None
     out = {}
     for uid, name in pairs:
-        before = t.db_loads(), t.cache.stats.recomposed
+        before = t.db_loads(), rebuilt(t.cache)
         got = await t.repo.app_config(uid, name)
         assert got == await t.db.app_config(uid, name), (t.mode, uid, name)
-        out[(uid, name)] = (t.db_loads(), t.cache.stats.recomposed) == before
+        out[(uid, name)] = (t.db_loads(), rebuilt(t.cache)) == before
     await t.cache.drain()
     return out
 

@@ -8,6 +8,7 @@ domain_user_defaults fragments) is read again, once per domain and generation.
 from __future__ import annotations
 
 import asyncio
+import os
 from uuid import UUID, uuid4
 
 import pytest
@@ -19,6 +20,7 @@ from .conftest import (
     DUD,
     LOCAL_TTL,
     PUBLIC,
+    SUITE_ON_CLUSTER_ENV,
     USER,
     SqlCounter,
     Tiers,
@@ -27,6 +29,7 @@ from .conftest import (
     count_sql,
     finput,
     make_world,
+    rebuilt,
 )
 
 NAMES = ["theme", "menu"]
@@ -76,7 +79,7 @@ async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> 
     stats = t.cache.stats
     # theme: one shared query per domain (d1, d2, no domain); menu is unchanged: L2 hits
     assert stats.shared_loads == 3
-    assert stats.recomposed == 4
+    assert rebuilt(t.cache) == 4
     assert stats.db_loads - loads == 3
     assert sql.count == 3
     # and the recomposed views were written back: the next round is all hits
@@ -97,7 +100,7 @@ async def test_a_domain_change_is_one_query_for_the_domain(cached: Tiers, scope:
     await _admin(t, scope, "d1", "theme", {"color": "red", "font": {"size": 20}})
     sql = await _read_all(t, users)
     assert t.cache.stats.shared_loads == 1  # d1's theme and menu; d2 (u3) is unchanged
-    assert t.cache.stats.recomposed == 2 * (2 + len(more))
+    assert rebuilt(t.cache) == 2 * (2 + len(more))
     assert sql.count == 1
 
 
@@ -125,7 +128,7 @@ async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
     done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])
     assert not done.failures
     sql = await _read_all(t, [w.u1])
-    assert t.cache.stats.recomposed == 0
+    assert rebuilt(t.cache) == 0
     assert sql.count == 1
 
 
@@ -136,7 +139,7 @@ async def test_a_policy_change_recomposes_with_the_new_chain(cached: Tiers) -> N
     await _warm(t, [w.u1, w.u2])
     await t.policies.update("theme", [USER, DUD, PUBLIC])  # the user's fragment now loses
     sql = await _read_all(t, [w.u1, w.u2])
-    assert t.cache.stats.recomposed == 2
+    assert rebuilt(t.cache) == 2
     assert sql.count == 1  # u1 reads d1's theme part, u2 finds it in memory; menu: hits
     assert t.cache.stats.shared_loads == 1
 
@@ -151,7 +154,7 @@ async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -
     await _warm(t, [w.u1])
     await t.policies.update("theme", [PUBLIC, DOMAIN, USER])  # and comes back
     sql = await _read_all(t, [w.u1])  # compared with the DB: the user fragment is there
-    assert t.cache.stats.recomposed == 0
+    assert rebuilt(t.cache) == 0
     assert sql.count == 2  # the shared query shows the new chain; then the full load
 
 
@@ -174,7 +177,7 @@ async def test_a_removed_policy_is_not_recomposed(cached: Tiers) -> None:
     await _warm(t, [w.u1])
     await AppConfigPolicyRepository(t.engine, cache_source=t.cache).purge("theme")
     sql = await _read_all(t, [w.u1])  # theme is now the empty view of a name without policy
-    assert t.cache.stats.recomposed == 0
+    assert rebuilt(t.cache) == 0
     assert sql.count == 2  # the shared query finds no policy; then the full load
 
 
@@ -190,7 +193,7 @@ async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> 
     assert not done.failures  # through a DB-only repository: no invalidation
     await t.cache.invalidate_for_scope(PUBLIC, "public")
     sql = await _read_all(t, [w.u1, w.u2])  # compared with the DB
-    assert t.cache.stats.recomposed == 0
+    assert rebuilt(t.cache) == 0
     assert sql.count == 2
 
 
@@ -229,3 +232,98 @@ async def test_a_new_user_part_never_meets_an_old_shared_part(cached: Tiers) -> 
     await t.repo.app_configs(w.u1, NAMES)  # A fills Valkey under the new generations
     await t.cache.drain()
     assert await b_reads() == await t.db.app_config(w.u1, "theme")
+
+
+# -- from L1: a live entry that only a shared write made stale --------------------------------
+
+
+async def _in_l1(t: Tiers, users: list[UUID]) -> None:
+    """Every user's views in L1 with the generations they were computed under."""
+    assert t.cache is not None
+    await _warm(t, users)
+    for uid in users:
+        await t.repo.app_configs(uid, NAMES)
+    await t.cache.drain()
+    assert t.client is not None
+    t.client.reset()
+    for uid in users:
+        await t.repo.app_configs(uid, NAMES)
+    assert t.client.round_trips == 0, "not served from L1: the test would prove nothing"
+
+
+async def test_l1_entries_are_recomposed_without_a_lookup(l1: Tiers) -> None:
+    t = l1
+    assert t.cache is not None and t.client is not None
+    w = await make_world(t)
+    users = [w.u1, w.u2]
+    await _in_l1(t, users)
+    await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
+    t.client.reset()
+    sql = await _read_all(t, users)  # compared with the DB
+    assert t.client.commands("mget") == []  # no envelope was looked up
+    assert t.cache.stats.l1_recomposed == 4 and t.cache.stats.recomposed == 0
+    assert sql.count == 1  # d1's shared part of both names, once
+    # the rebuilt views went to Valkey too: another process finds them current
+    other_repo, other, client, _clock = t.make_repo(local_maxsize=0)
+    for uid in users:
+        assert await other_repo.app_configs(uid, NAMES) == await _truth(t, uid)
+    assert other.stats.l2_hits == 4 and other.stats.db_loads == 0, other.stats
+    assert client.round_trips >= 1
+
+
+async def test_l1_recompositions_confirm_users_in_one_batch(l1: Tiers) -> None:
+    t = l1
+    assert t.cache is not None and t.client is not None
+    await make_world(t)
+    more = [uuid4() for _ in range(30)]
+    await add_users(t.engine, dict.fromkeys(more, "d1"))
+    await _in_l1(t, more)
+    await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
+    t.client.reset()
+    with count_sql(t.engine) as sql:
+        got = await asyncio.gather(*(t.repo.app_configs(uid, NAMES) for uid in more))
+    await t.cache.drain()
+    for uid, views in zip(more, got, strict=True):
+        assert views == await _truth(t, uid)
+    assert sql.count == 1
+    assert t.cache.stats.l1_recomposed == 2 * len(more)
+    assert t.client.commands("mget") == []
+    # the users' generations: one pipeline for all (30 users, far below a refresh batch)
+    reads = [call for call in t.client.calls if call.has("get")]
+    assert len(reads) == (2 if os.environ.get(SUITE_ON_CLUSTER_ENV) else 1), reads
+    assert len({key for call in reads for key in call.keys("get")}) >= len(more)
+
+
+async def test_l1_recomposition_sees_another_process_user_write(l1: Tiers) -> None:
+    """B writes u1's own fragment, then A writes d1's theme. A's L1 entry has u1's old
+    fragment: paired with d1's new part it would be a view that never was. The read of
+    u1's generation after the shared query shows the user write: the usual path."""
+    t = l1
+    assert t.cache is not None
+    w = await make_world(t)
+    await _in_l1(t, [w.u1])
+    b_repo, _b_cache, _client, _clock = t.make_repo()
+    done = await b_repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"u": 2})])
+    assert not done.failures
+    await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
+    got = await t.repo.app_config(w.u1, "theme")
+    assert got == await t.db.app_config(w.u1, "theme")
+    assert {"u": 2}.items() <= (got.config or {}).items()
+    assert t.cache.stats.l1_recomposed == 0
+
+
+@pytest.mark.parametrize("write", ["user", "public_scope"])
+async def test_l1_entries_are_not_recomposed_after_user_or_flush(l1: Tiers, write: str) -> None:
+    t = l1
+    assert t.cache is not None
+    w = await make_world(t)
+    await _in_l1(t, [w.u1])
+    if write == "user":
+        done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])
+        assert not done.failures
+    else:
+        done = await t.db.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 2})])
+        assert not done.failures  # behind the cache's back, then the operators' flush
+        await t.cache.invalidate_for_scope(PUBLIC, "public")
+    await _read_all(t, [w.u1])  # compared with the DB
+    assert rebuilt(t.cache) == 0

@@ -37,8 +37,20 @@ _FORGOTTEN = float("-inf")
 Basis = tuple[tuple[int, int, int, int], int]
 
 
-class _Entry:
-    __slots__ = ("basis", "domain", "epoch", "expires", "hard", "refresh_at", "value")
+class Entry:
+    """An L1 entry: a view, the deadlines and what it was computed under."""
+
+    __slots__ = (
+        "basis",
+        "domain",
+        "epoch",
+        "expires",
+        "hard",
+        "refresh_at",
+        "seq",
+        "user_scope",
+        "value",
+    )
 
     def __init__(
         self,
@@ -49,6 +61,8 @@ class _Entry:
         half_life: float,
         basis: Basis | None,
         hard: float,
+        seq: int,
+        user_scope: bool | None,
     ) -> None:
         self.value = value
         self.domain = domain
@@ -59,6 +73,10 @@ class _Entry:
         self.refresh_at = expires - half_life if basis is not None else expires
         self.basis = basis
         self.hard = hard
+        #: the cache source's request number when the entry was stored
+        self.seq = seq
+        #: whether the name's chain had the user scope (None: not known)
+        self.user_scope = user_scope
 
 
 class LocalTier:
@@ -80,7 +98,7 @@ class LocalTier:
         # An LRU whose entries carry their own deadlines, checked by get() with one
         # clock reading: refresh_at <= expires <= hard, so a hit that is neither in
         # its second half nor expired costs a comparison.
-        self._entries: LRUCache[tuple[UUID, str], _Entry] | None = (
+        self._entries: LRUCache[tuple[UUID, str], Entry] | None = (
             LRUCache(maxsize) if maxsize > 0 else None
         )
         self.epoch = 0
@@ -113,8 +131,9 @@ class LocalTier:
             return MISS
         if entry.epoch != self.epoch:
             if self.stale_since(entry.epoch, user_id, name, entry.domain):
-                del entries[(user_id, name)]
-                return MISS
+                if not self._recomposable(entry, user_id):
+                    del entries[(user_id, name)]
+                return MISS  # a recomposable entry stays for stale_entry(), never served
             entry.epoch = self.epoch
         now = self.timer()
         if now >= entry.refresh_at:
@@ -126,7 +145,7 @@ class LocalTier:
                 self.due[user_id] = None
         return entry.value
 
-    def _renew(self, entry: _Entry, user_id: UUID, name: str, now: float) -> bool:
+    def _renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
         """Extend an expired entry if fresh generation readings confirm its basis."""
         basis, domain = entry.basis, entry.domain
         if basis is None or domain is None:
@@ -154,6 +173,36 @@ class LocalTier:
         self.renewals += 1
         return True
 
+    def _recomposable(self, entry: Entry, user_id: UUID) -> bool:
+        """Did only writes to shared scopes (a domain, a name, a policy) make it stale?
+
+        Then its user part still holds until its deadline, and the cache source may
+        pair it with a newer shared part (see ``stale_entry``).
+        """
+        epoch = entry.epoch
+        return (
+            entry.basis is not None
+            and entry.domain is not None
+            and entry.user_scope is not None
+            and epoch >= self._floor
+            and self._public_at <= epoch
+            and self._user_at.get(user_id, 0) <= epoch
+        )
+
+    def stale_entry(self, user_id: UUID, name: str, now: float) -> Entry | None:
+        """The entry of ``(user_id, name)`` if only shared writes made it stale (and it
+        is younger than ``max_life``): never served, but its user part may be reused."""
+        entries = self._entries
+        entry = None if entries is None else entries.get((user_id, name))
+        if (
+            entry is None
+            or now >= entry.hard
+            or not self.stale_since(entry.epoch, user_id, name, entry.domain)
+            or not self._recomposable(entry, user_id)
+        ):
+            return None
+        return entry
+
     def take_due(self, limit: int) -> list[UUID]:
         """Up to ``limit`` users on :attr:`due`, oldest first, removed from it."""
         due = self.due
@@ -177,11 +226,16 @@ class LocalTier:
         epoch: int,
         expires: float,
         basis: Basis | None = None,
+        *,
+        seq: int = 0,
+        user_scope: bool | None = None,
     ) -> bool:
         """Store unless an invalidation since ``epoch`` concerns it, or it would expire at once.
 
         ``basis``: the generations and server epoch the value was computed under,
         which let the entry be renewed; ``None``: it expires at ``expires``.
+        ``seq``: the cache source's request number now; ``user_scope``: whether the
+        chain had the user scope. With both, a shared write recomposes the entry.
         """
         if self._entries is None or self.stale_since(epoch, user_id, name, domain):
             return False
@@ -189,8 +243,8 @@ class LocalTier:
         if expires <= now:
             return False
         hard = now + self.max_life
-        self._entries[(user_id, name)] = _Entry(
-            value, domain, epoch, min(expires, hard), self.ttl / 2, basis, hard
+        self._entries[(user_id, name)] = Entry(
+            value, domain, epoch, min(expires, hard), self.ttl / 2, basis, hard, seq, user_scope
         )
         return True
 

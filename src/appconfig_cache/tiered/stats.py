@@ -44,6 +44,8 @@ class CacheStats:
     gen_refreshes: int = 0
     #: views rebuilt from an outdated envelope's user part and fresh shared fragments
     recomposed: int = 0
+    #: views rebuilt from a live L1 entry that only a shared write made stale (no round trip)
+    l1_recomposed: int = 0
     #: DB queries for shared parts (one per domain and generation; in db_loads too)
     shared_loads: int = 0
     #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)

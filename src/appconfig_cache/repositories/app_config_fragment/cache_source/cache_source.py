@@ -26,7 +26,7 @@ from ....merge import build_view
 from ....tiered import keys as K
 from ....tiered.broadcast import Broadcast, is_cluster
 from ....tiered.flight import Flights, LeaderCancelled, settle, wait_flight
-from ....tiered.local import MISS, LocalTier
+from ....tiered.local import MISS, Entry, LocalTier
 from ....tiered.remote import CircuitBreaker, Remote
 from ....tiered.stats import CacheStats
 from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
@@ -215,9 +215,10 @@ class AppConfigFragmentCacheSource:
         self._user_since: LRUCache[str, tuple[int | None, int]] = LRUCache(maxsize=65536)
         self._fill_queue: list[tuple[str, bytes]] = []
         self._filling: asyncio.Task[None] | None = None
-        # (domain, name) -> (the generations and epoch it was read under, the part or None)
-        self._shared: LRUCache[tuple[str, str], tuple[_SharedTag, SharedPart | None]] = LRUCache(
-            maxsize=_SHARED_PARTS
+        # (domain, name) -> (the generations and epoch it was read under, the part or
+        # None, the request number taken before its query was sent)
+        self._shared: LRUCache[tuple[str, str], tuple[_SharedTag, SharedPart | None, int]] = (
+            LRUCache(maxsize=_SHARED_PARTS)
         )
         self._shared_flights: Flights[SharedPart | None] = Flights()
 
@@ -579,8 +580,14 @@ class AppConfigFragmentCacheSource:
     ) -> dict[str, AppConfigData]:
         found: dict[str, AppConfigData] = {}
         plan: _FillPlan | None = None
+        if shared is not None and self._local.maxsize:
+            found = await self._recompose_local(user_id, names, epoch, shared)
+            if len(found) == len(names):
+                return found
+            names = [name for name in names if name not in found]
         if await self._l2_ready():
-            found, plan = await self._l2_lookup(user_id, names, epoch, plan_fill=True)
+            from_l2, plan = await self._l2_lookup(user_id, names, epoch, plan_fill=True)
+            found.update(from_l2)
         else:
             self._stats.l2_skipped += len(names)
         missing = [name for name in names if name not in found]
@@ -597,6 +604,112 @@ class AppConfigFragmentCacheSource:
         found.update((name, loaded.views[name]) for name in missing)
         self._store(user_id, missing, loaded, plan, epoch, started)
         return found
+
+    async def _recompose_local(
+        self, user_id: UUID, names: list[str], epoch: int, shared: SharedLoader
+    ) -> dict[str, AppConfigData]:
+        """Views of ``names`` rebuilt from live L1 entries that shared writes made stale.
+
+        The entry's user part (its user-scope fragment, or its absence) is paired
+        with a shared part read under fresh generation readings (a local write's
+        bump is one) by a query sent after the entry was stored. The pair is a
+        view that existed if the user's generation still holds after that query:
+        the user part held from before it until then. One background read of the
+        generations of every user waiting for this (the renewal's refresh)
+        confirms it. No lookup in Valkey, no envelope parsed.
+        """
+        local = self._local
+        if self._pending or not self._remote.available():
+            return {}
+        now = self._timer()
+        server = self._epoch(now)
+        public = local.gen(K.PUBLIC_GEN, now)
+        if server is None or public is None:
+            return {}
+        olds: dict[str, Entry] = {}
+        under: tuple[str, int] | None = None  # the entries' domain and user generation
+        for name in names:
+            entry = local.stale_entry(user_id, name, now)
+            if entry is None or entry.basis is None or entry.domain is None:
+                continue
+            gens, basis_epoch = entry.basis
+            # a public-scope invalidation (the operators' flush) or a restart: reload
+            if basis_epoch != server or gens[0] != public[0]:
+                continue
+            under = under or (entry.domain, gens[3])
+            if (entry.domain, gens[3]) == under:
+                olds[name] = entry
+        if under is None or not olds:
+            return {}
+        domain, user_gen = under
+        readings = [public]
+        if domain != K.NO_DOMAIN:
+            by_domain = local.gen(K.domain_gen_key(domain), now)
+            if by_domain is None or by_domain[0] is None:
+                return {}
+            readings.append(by_domain)
+        fresh: dict[str, int | None] = {}
+        for name in list(olds):
+            by_name = local.gen(K.name_gen_key(name), now)
+            if by_name is None or by_name[0] is None:
+                del olds[name]
+                continue
+            fresh[name] = by_name[0]
+            readings.append(by_name)
+        if not olds:
+            return {}
+        plan = _FillPlan(
+            domain=domain,
+            public=public[0],
+            names=fresh,
+            domain_gen=readings[1][0] if domain != K.NO_DOMAIN else 0,
+            user=user_gen,
+            user_domain=None,
+            epoch=server,
+            read_at=min(reading[1] for reading in readings),
+        )
+        after = max(entry.seq for entry in olds.values())
+        parts = await self._shared_parts(domain, list(olds), plan, shared, after=after)
+        confirmed = await self._user_gen_after(user_id, self._next_seq())
+        if confirmed is None or confirmed[0] != user_gen:
+            return {}  # the user wrote meanwhile (or no reading): the usual path
+        plan.read_at = min(plan.read_at, confirmed[1])
+        views: dict[str, AppConfigData] = {}
+        chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
+        for name, entry in olds.items():
+            part = parts.get(name)
+            if part is None or (AppConfigScopeType.USER in part.chain and not entry.user_scope):
+                continue  # no policy now, or the user scope is new to the chain: a full load
+            own = [f for f in entry.value.fragments if f.scope_type is AppConfigScopeType.USER]
+            views[name] = build_view(user_id, name, part.chain, (*part.fragments, *own))
+            chains[name] = part.chain
+        if views:
+            self._stats.l1_recomposed += len(views)
+            loaded = LoadedViews(
+                domain=domain, views=views, with_policy=frozenset(chains), chains=chains
+            )
+            self._store(user_id, list(views), loaded, plan, epoch, plan.read_at, domain_known=False)
+        return views
+
+    async def _user_gen_after(self, user_id: UUID, seq: int) -> tuple[int | None, float] | None:
+        """A reading of the user's generation requested after request number ``seq``:
+        ``(value, read at)``, or None if Valkey could not be asked.
+
+        The user joins the background refresh (one pipeline for every user waiting).
+        """
+        key = K.user_gen_key(user_id)
+        local = self._local
+        for _ in range(2):  # a refresh in flight may have sent its batch before seq
+            reading = local.gen(key, self._timer())
+            if reading is not None and reading[2] > seq:
+                return reading[0], reading[1]
+            local.due[user_id] = None
+            if self._refreshing is None:
+                self._start_refresh()
+            if self._refreshing is None:
+                return None
+            await asyncio.wait([self._refreshing])  # neither cancels nor raises for it
+        return None
 
     async def _recompose(
         self,
@@ -685,22 +798,34 @@ class AppConfigFragmentCacheSource:
         return views
 
     async def _shared_parts(
-        self, domain: str, names: list[str], plan: _FillPlan, shared: SharedLoader
+        self,
+        domain: str,
+        names: list[str],
+        plan: _FillPlan,
+        shared: SharedLoader,
+        *,
+        after: int = 0,
     ) -> dict[str, SharedPart | None]:
-        """The shared parts of ``names`` under ``plan``'s generations: memory, flight or DB."""
+        """The shared parts of ``names`` under ``plan``'s generations: memory, flight or DB.
+
+        ``after``: only parts whose query was sent after request number ``after``;
+        a name whose part is older and still loading is left out.
+        """
         out: dict[str, SharedPart | None] = {}
         waits: list[tuple[str, asyncio.Future[SharedPart | None]]] = []
         lead: dict[str, tuple[_SharedTag, Any]] = {}
         flights = self._shared_flights
+        seq = self._next_seq()
         for name in names:
             tag: _SharedTag = (plan.public, plan.names[name], plan.domain_gen, plan.epoch)  # type: ignore[assignment]
             cached = self._shared.get((domain, name))
-            if cached is not None and cached[0] == tag:
+            if cached is not None and cached[0] == tag and cached[2] > after:
                 out[name] = cached[1]
             elif (flight := flights.get((domain, name, tag))) is not None:
-                waits.append((name, flight.future))
+                if flight.epoch > after:  # a shared flight's "epoch" is its request number
+                    waits.append((name, flight.future))
             else:
-                lead[name] = (tag, flights.start((domain, name, tag), self._local.epoch))
+                lead[name] = (tag, flights.start((domain, name, tag), seq))
         if lead:
             try:
                 loaded = await shared(None if domain == K.NO_DOMAIN else domain, list(lead))
@@ -715,7 +840,7 @@ class AppConfigFragmentCacheSource:
                     flights.finish((domain, name, tag), flight)
             for name, (tag, flight) in lead.items():
                 part = loaded.get(name)
-                self._shared[(domain, name)] = (tag, part)
+                self._shared[(domain, name)] = (tag, part, seq)
                 if not flight.future.done():
                     flight.future.set_result(part)
                 out[name] = part
@@ -748,6 +873,7 @@ class AppConfigFragmentCacheSource:
         elif loaded.domain is None:
             domain = None  # L1 then treats any domain invalidation as concerning it
         expires = started + self.local_ttl
+        seq = self._next_seq()
         sets: list[tuple[str, bytes]] = []
         for name in names:
             if name not in loaded.with_policy:
@@ -767,13 +893,24 @@ class AppConfigFragmentCacheSource:
                 else None
             )
             basis = None if gens is None else (gens, plan.epoch)  # type: ignore[union-attr]
-            self._local.put(user_id, name, view, domain, epoch, expires, basis)  # type: ignore[arg-type]
+            chain = loaded.chains.get(name)
+            user_scope = None if chain is None else AppConfigScopeType.USER in chain
+            self._local.put(
+                user_id,
+                name,
+                view,
+                domain,
+                epoch,
+                expires,
+                basis,  # type: ignore[arg-type]
+                seq=seq,
+                user_scope=user_scope,
+            )
             if plan is None:
                 continue
             if gens is None:
                 self._stats.fills_skipped += 1
                 continue
-            chain = loaded.chains.get(name)
             envelope = K.encode_envelope(
                 user_id,
                 name,
@@ -781,7 +918,7 @@ class AppConfigFragmentCacheSource:
                 gens,
                 plan.epoch,  # type: ignore[arg-type]
                 data_json,
-                None if chain is None else AppConfigScopeType.USER in chain,
+                user_scope,
             )
             sets.append((K.merged_key(user_id, name), envelope))
             if self._decoded is not None:  # these bytes will come back: no need to parse them
@@ -950,6 +1087,7 @@ class AppConfigFragmentCacheSource:
         found: dict[str, AppConfigData] = {}
         reusable: dict[str, tuple[bytes, K.Header]] = {}
         server_epoch = self._epoch(now)
+        put_seq = self._next_seq()  # numbered after the reply: see LocalTier.stale_entry
         for name, raw, header in candidates:
             current, oldest = self._current(name, header.domain, user_gen, now)
             if current is None or header.gens != current or header.epoch != server_epoch:
@@ -974,6 +1112,8 @@ class AppConfigFragmentCacheSource:
                     epoch,
                     oldest + self.local_ttl,
                     basis,  # type: ignore[arg-type]
+                    seq=put_seq,
+                    user_scope=header.user_scope,
                 )
         self._stats.l2_hits += len(found)
         self._stats.l2_misses += len(names) - len(found)
