@@ -218,8 +218,10 @@ async def test_bootstrap_counts(tiers: Tiers) -> None:
     print(f"[{t.mode}] bootstrap after local_ttl, Valkey warm: {rt} rt, {sql} SQL {shape}")
     assert again == views and sql == 0
     # the policy-name list with the server identity (INFO) in one pipeline, then one MGET
-    # with the due generations: 2 (the list must be known before the views' MGET)
-    assert shape == [["get", "set", "info"], ["mget", *["get"] * (len(shape[1]) - 1)]]
+    # with the due generations: 2 (the list must be known before the views' MGET); with
+    # L1, its expired entries are renewed by one read of the generations instead
+    views_call = ["get"] if t.l1 else ["mget"]
+    assert shape == [["get", "set", "info"], [*views_call, *["get"] * (len(shape[1]) - 1)]]
     assert rt == 2
     # and right after it: all warm
     warm, rt, sql = await _bootstrap(t, w.u1)

@@ -6,6 +6,7 @@ so that the writer's clock and B's are independent, and B's round trips are coun
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,7 @@ from .conftest import (
     SUITE_ON_CLUSTER_ENV,
     CountingValkey,
     FakeClock,
+    PauseAt,
     Tiers,
     make_world,
 )
@@ -94,11 +96,12 @@ async def test_one_refresh_covers_every_due_user(cached: Tiers) -> None:
         await repo.app_configs(uid, ["theme", "menu"])
     await cache.drain()
     client.reset()
+    refreshes = cache.stats.gen_refreshes
     clock.advance(HALF + 0.1)
     for uid in users:
         await repo.app_configs(uid, ["theme", "menu"])
     await cache.drain()
-    assert cache.stats.gen_refreshes == 1
+    assert cache.stats.gen_refreshes == refreshes + 1
     assert client.round_trips == REFRESH_CALLS
     want = {uid: await t.db.app_configs(uid, ["theme", "menu"]) for uid in users}
     client.reset()
@@ -202,3 +205,63 @@ async def test_no_renewal_without_valkey(cached: Tiers) -> None:
     assert await repo.app_config(w.u1, "menu") == old
     assert cache.stats.db_loads == loads + 1
     assert cache.stats.l1_renewals == 0
+
+
+# -- an entry that expired before its user came back -----------------------------------------
+
+
+async def test_an_expired_entry_is_renewed_by_one_batched_read(cached: Tiers) -> None:
+    """No hit in its second half, so no background refresh: when the users come back,
+    their expired entries wait for one read of the generations, not a lookup each."""
+    t = cached
+    w = await make_world(t)
+    users = [w.u1, w.u2, w.u3]
+    repo, cache, client, clock = t.make_repo()
+    for _ in range(2):  # the second pass has the users' domains: renewable entries
+        for uid in users:
+            await repo.app_configs(uid, ["theme", "menu"])
+        await cache.drain()
+        clock.advance(LOCAL_TTL)
+    assert cache.stats.gen_refreshes == 0
+    want = {uid: await t.db.app_configs(uid, ["theme", "menu"]) for uid in users}
+    client.reset()
+    got = await asyncio.gather(*(repo.app_configs(uid, ["theme", "menu"]) for uid in users))
+    assert dict(zip(users, got, strict=True)) == want
+    assert client.commands("mget") == []  # no lookup
+    assert client.round_trips == REFRESH_CALLS  # one pipeline for the three users
+    assert cache.stats.l1_renewals == 2 * len(users)
+
+
+async def test_an_expired_entry_whose_user_wrote_is_not_renewed(cached: Tiers) -> None:
+    t = cached
+    w = await make_world(t)
+    repo, cache, _client, clock, old = await _renewable(t, w.u1, "theme")
+    await _write_user(t, w, t.repo, t.policies)  # A writes u1's own fragment
+    new = await t.db.app_config(w.u1, "theme")
+    assert new != old
+    clock.advance(LOCAL_TTL)  # no hit in the second half: the entry simply expired
+    renewals = cache.stats.l1_renewals
+    assert await repo.app_config(w.u1, "theme") == new
+    assert cache.stats.l1_renewals == renewals
+
+
+async def test_a_local_write_while_the_renewal_waits_is_seen(cached: Tiers) -> None:
+    """B's read waits for the generation read; B's own domain write lands meanwhile.
+    Once the write has returned, B serves the new view (I2), not the renewed old one."""
+    t = cached
+    w = await make_world(t)
+    repo, cache, client, clock, old = await _renewable(t, w.u2, "theme")
+    clock.advance(LOCAL_TTL)
+    user_gen = f"app_config:gen:user:{{{w.u2}}}"
+    pause = PauseAt(lambda call: user_gen in call.keys("get"))
+    client.before = pause
+    reader = asyncio.create_task(repo.app_config(w.u2, "theme"))
+    await pause.reached.wait()
+    await _write_admin(DOMAIN, "d1")(t, w, repo, t.policies)  # through B
+    client.before = None
+    pause.release()
+    new = await t.db.app_config(w.u2, "theme")
+    assert new != old
+    assert await reader in (old, new)  # it overlapped the write
+    assert await repo.app_config(w.u2, "theme") == new
+    await cache.drain()

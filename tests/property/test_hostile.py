@@ -1096,7 +1096,8 @@ async def test_one_hostile_domain_id_does_not_switch_valkey_off(world: World) ->
             await cache.drain()
         stats = cache.stats
         assert stats.pending_bumps == 0, stats
-        assert stats.l2_skipped == 0 and stats.l2_hits > 0, stats
+        # Valkey still answers: lookups, or the generation reads that renew L1 entries
+        assert stats.l2_skipped == 0 and stats.l2_hits + stats.gen_refreshes > 0, stats
     finally:
         await cache.aclose()
 

@@ -138,8 +138,9 @@ class LocalTier:
         now = self.timer()
         if now >= entry.refresh_at:
             if now >= entry.expires and not self._renew(entry, user_id, name, now):
-                del entries[(user_id, name)]
-                return MISS
+                if entry.basis is None or now >= entry.hard:
+                    del entries[(user_id, name)]
+                return MISS  # one with a basis stays for expired_entry(), never served
             if now >= entry.refresh_at:  # in the second half of its (renewed) life
                 entry.refresh_at = entry.expires  # one request per half-life
                 self.due[user_id] = None
@@ -202,6 +203,24 @@ class LocalTier:
         ):
             return None
         return entry
+
+    def expired_entry(self, user_id: UUID, name: str, now: float) -> Entry | None:
+        """The entry of ``(user_id, name)`` if it expired unconfirmed but nothing
+        invalidated it: :meth:`renew` may keep it once fresh readings arrive."""
+        entries = self._entries
+        entry = None if entries is None else entries.get((user_id, name))
+        if (
+            entry is None
+            or entry.basis is None
+            or not entry.expires <= now < entry.hard
+            or self.stale_since(entry.epoch, user_id, name, entry.domain)
+        ):
+            return None
+        return entry
+
+    def renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
+        """Renew an expired entry if the generation cache now confirms its basis."""
+        return self._renew(entry, user_id, name, now)
 
     def take_due(self, limit: int) -> list[UUID]:
         """Up to ``limit`` users on :attr:`due`, oldest first, removed from it."""

@@ -580,8 +580,11 @@ class AppConfigFragmentCacheSource:
     ) -> dict[str, AppConfigData]:
         found: dict[str, AppConfigData] = {}
         plan: _FillPlan | None = None
-        if shared is not None and self._local.maxsize:
-            found = await self._recompose_local(user_id, names, epoch, shared)
+        if self._local.maxsize:
+            found = await self._renew_expired(user_id, names)
+            if shared is not None and len(found) < len(names):
+                rest = [name for name in names if name not in found]
+                found.update(await self._recompose_local(user_id, rest, epoch, shared))
             if len(found) == len(names):
                 return found
             names = [name for name in names if name not in found]
@@ -604,6 +607,31 @@ class AppConfigFragmentCacheSource:
         found.update((name, loaded.views[name]) for name in missing)
         self._store(user_id, missing, loaded, plan, epoch, started)
         return found
+
+    async def _renew_expired(self, user_id: UUID, names: list[str]) -> dict[str, AppConfigData]:
+        """Views of ``names`` from expired L1 entries that fresh generations confirm.
+
+        A hot entry is renewed in the background before it expires; one whose user
+        came back after its deadline waits here for the same batched read of the
+        generations (the user's, and the shared ones getting old) instead of a
+        lookup of its own, and is renewed as the background would have (I4 as for
+        any renewal). If a generation moved, the usual path.
+        """
+        local = self._local
+        if self._pending or not self._remote.available():
+            return {}
+        now = self._timer()
+        expired = [name for name in names if local.expired_entry(user_id, name, now) is not None]
+        if not expired or await self._user_gen_after(user_id, self._next_seq()) is None:
+            return {}
+        now = self._timer()
+        out: dict[str, AppConfigData] = {}
+        for name in expired:
+            # again: an invalidation may have come while the read was waiting
+            entry = local.expired_entry(user_id, name, now)
+            if entry is not None and local.renew(entry, user_id, name, now):
+                out[name] = entry.value
+        return out
 
     async def _recompose_local(
         self, user_id: UUID, names: list[str], epoch: int, shared: SharedLoader
