@@ -8,7 +8,6 @@ domain_user_defaults fragments) is read again, once per domain and generation.
 from __future__ import annotations
 
 import asyncio
-import os
 from uuid import UUID, uuid4
 
 import pytest
@@ -20,7 +19,6 @@ from .conftest import (
     DUD,
     LOCAL_TTL,
     PUBLIC,
-    SUITE_ON_CLUSTER_ENV,
     USER,
     SqlCounter,
     Tiers,
@@ -290,7 +288,7 @@ async def test_l1_recompositions_confirm_users_in_one_batch(l1: Tiers) -> None:
     assert t.client.commands("mget") == []
     # the users' generations: one pipeline for all (30 users, far below a refresh batch)
     reads = [call for call in t.client.calls if call.has("get")]
-    assert len(reads) == (2 if os.environ.get(SUITE_ON_CLUSTER_ENV) else 1), reads
+    assert len(reads) == 1, reads
     assert len({key for call in reads for key in call.keys("get")}) >= len(more)
 
 
