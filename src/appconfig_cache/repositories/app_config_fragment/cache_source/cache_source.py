@@ -723,21 +723,25 @@ class AppConfigFragmentCacheSource:
         """A reading of the user's generation requested after request number ``seq``:
         ``(value, read at)``, or None if Valkey could not be asked.
 
-        The user joins the background refresh (one pipeline for every user waiting).
+        The user joins the background refresh (one pipeline for every user waiting);
+        a refresh already in flight reads it in its next round trip. One wait at most:
+        a refresh that stops early (breaker open, bumps pending) leaves it unread.
         """
         key = K.user_gen_key(user_id)
         local = self._local
-        for _ in range(2):  # a refresh in flight may have sent its batch before seq
-            reading = local.gen(key, self._timer())
-            if reading is not None and reading[2] > seq:
-                return reading[0], reading[1]
+        reading = local.gen(key, self._timer())
+        if reading is None or reading[2] <= seq:
             local.due[user_id] = None
             if self._refreshing is None:
                 self._start_refresh()
-            if self._refreshing is None:
+            refreshing = self._refreshing
+            if refreshing is None:
                 return None
-            await asyncio.wait([self._refreshing])  # neither cancels nor raises for it
-        return None
+            await asyncio.wait([refreshing])  # neither cancels it nor raises its error
+            reading = local.gen(key, self._timer())
+        if reading is None or reading[2] <= seq:
+            return None
+        return reading[0], reading[1]
 
     async def _recompose(
         self,
