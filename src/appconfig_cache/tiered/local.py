@@ -137,7 +137,7 @@ class LocalTier:
             entry.epoch = self.epoch
         now = self.timer()
         if now >= entry.refresh_at:
-            if now >= entry.expires and not self._renew(entry, user_id, name, now):
+            if now >= entry.expires and not self.renew(entry, user_id, name, now):
                 if entry.basis is None or now >= entry.hard:
                     del entries[(user_id, name)]
                 return MISS  # one with a basis stays for expired_entry(), never served
@@ -146,7 +146,7 @@ class LocalTier:
                 self.due[user_id] = None
         return entry.value
 
-    def _renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
+    def renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
         """Extend an expired entry if fresh generation readings confirm its basis."""
         basis, domain = entry.basis, entry.domain
         if basis is None or domain is None:
@@ -217,10 +217,6 @@ class LocalTier:
         ):
             return None
         return entry
-
-    def renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
-        """Renew an expired entry if the generation cache now confirms its basis."""
-        return self._renew(entry, user_id, name, now)
 
     def take_due(self, limit: int) -> list[UUID]:
         """Up to ``limit`` users on :attr:`due`, oldest first, removed from it."""

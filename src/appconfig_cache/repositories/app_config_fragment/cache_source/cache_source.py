@@ -26,7 +26,7 @@ from ....merge import build_view
 from ....tiered import keys as K
 from ....tiered.broadcast import Broadcast, is_cluster
 from ....tiered.flight import Flights, LeaderCancelled, settle, wait_flight
-from ....tiered.local import MISS, Entry, LocalTier
+from ....tiered.local import MISS, LocalTier
 from ....tiered.remote import CircuitBreaker, Remote
 from ....tiered.stats import CacheStats
 from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
@@ -580,14 +580,16 @@ class AppConfigFragmentCacheSource:
     ) -> dict[str, AppConfigData]:
         found: dict[str, AppConfigData] = {}
         plan: _FillPlan | None = None
-        if self._local.maxsize:
+        # L1 entries that expired, or that only a shared write made stale, may still
+        # serve with one batched read of the generations (neither with Valkey unusable).
+        if self._local.maxsize and not self._pending and self._remote.available():
             found = await self._renew_expired(user_id, names)
             if shared is not None and len(found) < len(names):
                 rest = [name for name in names if name not in found]
                 found.update(await self._recompose_local(user_id, rest, epoch, shared))
-            if len(found) == len(names):
-                return found
             names = [name for name in names if name not in found]
+            if not names:
+                return found
         if await self._l2_ready():
             from_l2, plan = await self._l2_lookup(user_id, names, epoch, plan_fill=True)
             found.update(from_l2)
@@ -618,8 +620,6 @@ class AppConfigFragmentCacheSource:
         any renewal). If a generation moved, the usual path.
         """
         local = self._local
-        if self._pending or not self._remote.available():
-            return {}
         now = self._timer()
         expired = [name for name in names if local.expired_entry(user_id, name, now) is not None]
         if not expired or await self._user_gen_after(user_id, self._next_seq()) is None:
@@ -647,76 +647,53 @@ class AppConfigFragmentCacheSource:
         confirms it. No lookup in Valkey, no envelope parsed.
         """
         local = self._local
-        if self._pending or not self._remote.available():
-            return {}
         now = self._timer()
         server = self._epoch(now)
-        public = local.gen(K.PUBLIC_GEN, now)
-        if server is None or public is None:
+        if server is None:
             return {}
-        olds: dict[str, Entry] = {}
-        under: tuple[str, int] | None = None  # the entries' domain and user generation
+        olds: dict[str, tuple[AppConfigData, bool]] = {}
+        fresh: dict[str, int | None] = {}
+        # the entries' domain and user generation, and the shared readings' public and
+        # domain generations: every name rebuilt here must agree on them
+        under: tuple[str, int, int, int] | None = None
+        read_at, after = now, 0
         for name in names:
             entry = local.stale_entry(user_id, name, now)
             if entry is None or entry.basis is None or entry.domain is None:
                 continue
             gens, basis_epoch = entry.basis
-            # a public-scope invalidation (the operators' flush) or a restart: reload
-            if basis_epoch != server or gens[0] != public[0]:
+            current, oldest = self._current(name, entry.domain, gens[3], now)
+            # no fresh readings; or a public-scope invalidation (the operators' flush)
+            # or a restart since the entry was made: the usual path
+            if current is None or basis_epoch != server or current[0] != gens[0]:
                 continue
-            under = under or (entry.domain, gens[3])
-            if (entry.domain, gens[3]) == under:
-                olds[name] = entry
+            key = (entry.domain, gens[3], current[0], current[2])
+            under = under or key
+            if key == under:
+                olds[name] = (entry.value, bool(entry.user_scope))
+                fresh[name] = current[1]
+                read_at = min(read_at, oldest)
+                after = max(after, entry.seq)
         if under is None or not olds:
             return {}
-        domain, user_gen = under
-        readings = [public]
-        if domain != K.NO_DOMAIN:
-            by_domain = local.gen(K.domain_gen_key(domain), now)
-            if by_domain is None or by_domain[0] is None:
-                return {}
-            readings.append(by_domain)
-        fresh: dict[str, int | None] = {}
-        for name in list(olds):
-            by_name = local.gen(K.name_gen_key(name), now)
-            if by_name is None or by_name[0] is None:
-                del olds[name]
-                continue
-            fresh[name] = by_name[0]
-            readings.append(by_name)
-        if not olds:
-            return {}
+        domain, user_gen, public, domain_gen = under
         plan = _FillPlan(
             domain=domain,
-            public=public[0],
+            public=public,
             names=fresh,
-            domain_gen=readings[1][0] if domain != K.NO_DOMAIN else 0,
+            domain_gen=domain_gen,
             user=user_gen,
             user_domain=None,
             epoch=server,
-            read_at=min(reading[1] for reading in readings),
+            read_at=read_at,
         )
-        after = max(entry.seq for entry in olds.values())
         parts = await self._shared_parts(domain, list(olds), plan, shared, after=after)
         confirmed = await self._user_gen_after(user_id, self._next_seq())
         if confirmed is None or confirmed[0] != user_gen:
             return {}  # the user wrote meanwhile (or no reading): the usual path
         plan.read_at = min(plan.read_at, confirmed[1])
-        views: dict[str, AppConfigData] = {}
-        chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
-        for name, entry in olds.items():
-            part = parts.get(name)
-            if part is None or (AppConfigScopeType.USER in part.chain and not entry.user_scope):
-                continue  # no policy now, or the user scope is new to the chain: a full load
-            own = [f for f in entry.value.fragments if f.scope_type is AppConfigScopeType.USER]
-            views[name] = build_view(user_id, name, part.chain, (*part.fragments, *own))
-            chains[name] = part.chain
-        if views:
-            self._stats.l1_recomposed += len(views)
-            loaded = LoadedViews(
-                domain=domain, views=views, with_policy=frozenset(chains), chains=chains
-            )
-            self._store(user_id, list(views), loaded, plan, epoch, plan.read_at, domain_known=False)
+        views = self._rebuild(user_id, olds, parts, plan, epoch)
+        self._stats.l1_recomposed += len(views)
         return views
 
     async def _user_gen_after(self, user_id: UUID, seq: int) -> tuple[int | None, float] | None:
@@ -811,6 +788,20 @@ class AppConfigFragmentCacheSource:
             plan, public=public, names=fresh, domain_gen=domain_gen, read_at=read_at
         )
         parts = await self._shared_parts(domain, list(olds), plan, shared)
+        views = self._rebuild(user_id, olds, parts, plan, epoch)
+        self._stats.recomposed += len(views)
+        return views
+
+    def _rebuild(
+        self,
+        user_id: UUID,
+        olds: dict[str, tuple[AppConfigData, bool]],
+        parts: dict[str, SharedPart | None],
+        plan: _FillPlan,
+        epoch: int,
+    ) -> dict[str, AppConfigData]:
+        """Merge each old view's user part (``(view, chain had the user scope)``) with
+        the new shared part, and store the results under ``plan`` as a DB load's."""
         views: dict[str, AppConfigData] = {}
         chains: dict[str, tuple[AppConfigScopeType, ...]] = {}
         for name, (old, had_user) in olds.items():
@@ -821,9 +812,8 @@ class AppConfigFragmentCacheSource:
             views[name] = build_view(user_id, name, part.chain, (*part.fragments, *own))
             chains[name] = part.chain
         if views:
-            self._stats.recomposed += len(views)
             loaded = LoadedViews(
-                domain=domain, views=views, with_policy=frozenset(chains), chains=chains
+                domain=plan.domain, views=views, with_policy=frozenset(chains), chains=chains
             )
             # L1: local_ttl after the oldest reading used (the MGET's or a shared one).
             self._store(user_id, list(views), loaded, plan, epoch, plan.read_at, domain_known=False)

@@ -136,12 +136,13 @@ class ItemFailure(Exception):
         self.message = message
 
 
-def _fragment(row: Any) -> AppConfigFragmentData:
+def _fragment(row: Any, name: str | None = None) -> AppConfigFragmentData:
+    """A fragment row; ``name``: the row's name column when it has another label."""
     return AppConfigFragmentData(
         id=row.id,
         scope_type=AppConfigScopeType(row.scope_type),
         scope_id=row.scope_id,
-        name=row.name,
+        name=row.name if name is None else name,
         config=row.config,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -161,17 +162,7 @@ def _chains_and_fragments(
             chains[row.config_name] = tuple(AppConfigScopeType(s) for s in row.scope_sources)
             found[row.config_name] = []
         if row.id is not None:
-            found[row.config_name].append(
-                AppConfigFragmentData(
-                    id=row.id,
-                    scope_type=AppConfigScopeType(row.scope_type),
-                    scope_id=row.scope_id,
-                    name=row.config_name,
-                    config=row.config,
-                    created_at=row.created_at,
-                    updated_at=row.updated_at,
-                )
-            )
+            found[row.config_name].append(_fragment(row, row.config_name))
     return chains, found
 
 
