@@ -16,6 +16,8 @@ import pytest
 
 from appconfig_cache import AppConfigScopeType
 from appconfig_cache.tiered import keys as K
+from appconfig_cache.tiered.commands import server_epoch_of
+from appconfig_cache.tiered.envelope import encode_envelope
 
 from .legacy import LegacyAppConfigCacheSource
 from .legacy import merged_key as legacy_key
@@ -41,7 +43,7 @@ async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str
     gen_keys = [K.PUBLIC_GEN, K.domain_gen_key(domain), *map(K.name_gen_key, NAMES)]
     values = dict(zip(gen_keys, await client.mget(gen_keys), strict=True))
     public, by_domain = int(values[K.PUBLIC_GEN]), int(values[K.domain_gen_key(domain)])
-    epoch = K.epoch_of(await client.info("server"))
+    epoch = server_epoch_of(await client.info("server"))
     repo = world.repo(None)
     data = {name: (await repo.app_config(template, name)).model_dump_json() for name in NAMES}
     entries: list[tuple[uuid.UUID, str]] = []
@@ -60,7 +62,7 @@ async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str
     for uid, name in entries:
         gens = (public, int(values[K.name_gen_key(name)]), by_domain, user_gen)
         body = data[name].replace(str(template), str(uid))
-        envelope = K.encode_envelope(uid, name, domain, gens, epoch, body.encode())
+        envelope = encode_envelope(uid, name, domain, gens, epoch, body.encode())
         pipe.set(K.merged_key(uid, name), envelope, ex=600)
         queued += 1
         if queued >= _CHUNK:

@@ -414,7 +414,7 @@ async def close_tiers(tiers: Tiers) -> None:
                 await cache.aclose()
         except TimeoutError:
             # a load parked by a failed test never resumes: cancel it so the session goes on
-            tasks = list(cache._tasks)
+            tasks = list(cache._background._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -568,9 +568,9 @@ async def _server_info(valkey: Any) -> Any:
 
 
 def _server_epoch(info: Any) -> Any:
-    from appconfig_cache.tiered import keys
+    from appconfig_cache.tiered.commands import server_epoch_of
 
-    return keys.epoch_of(info)
+    return server_epoch_of(info)
 
 
 # -- the same suite on a Valkey Cluster ----------------------------------------------------------

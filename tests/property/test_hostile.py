@@ -63,6 +63,7 @@ from appconfig_cache.errors import (
     InvalidUserIdError,
     TooManyItemsError,
 )
+from appconfig_cache.tiered import envelope
 from appconfig_cache.tiered import keys as K
 from helpers import (
     ALL_SCOPES,
@@ -978,8 +979,8 @@ tampers = st.one_of(
 
 def _same_checked_fields(genuine: bytes, spoiled: bytes) -> bool:
     try:
-        a, b = K.decode_header(genuine), K.decode_header(spoiled)
-    except K.BadEnvelope:
+        a, b = envelope.decode_header(genuine), envelope.decode_header(spoiled)
+    except envelope.BadEnvelope:
         return False
     fields = ("user", "name", "domain", "gens", "epoch", "body")
     return all(getattr(a, f) == getattr(b, f) for f in fields) and (

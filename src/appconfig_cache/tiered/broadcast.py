@@ -41,7 +41,6 @@ class Broadcast:
     def __init__(
         self,
         client: Any,
-        apply: Callable[[list[str]], None],
         *,
         reconnect_delay: float = 0.5,
     ) -> None:
@@ -50,7 +49,8 @@ class Broadcast:
         self.state = "stopped"  # stopped | connecting | up | down
         self.received = 0
         self.reconnects = 0
-        self._apply = apply
+        #: what a message from another instance calls with the generation keys it names
+        self.on_message: Callable[[list[str]], None] = lambda keys: None
         self._reconnect_delay = reconnect_delay
         self._cluster = is_cluster(client)
         self._task: asyncio.Task[None] | None = None
@@ -58,17 +58,14 @@ class Broadcast:
 
     # -- publishing -----------------------------------------------------------------
 
-    def add_publish(self, pipe: Any, bumped_keys: list[str]) -> None:
-        """Queue the message on the bump pipeline (same round trip as the INCRs).
+    def publish_command(self, bumped_keys: list[str]) -> tuple[str, str, str]:
+        """The command that announces a bump, sent in the bump's pipeline (no extra round trip).
 
         The message names the bumped generation keys only; receivers mark those
         generations unknown, so their next read fetches them in its usual round trip.
         """
         message = json.dumps({"i": self.instance, "k": bumped_keys}, separators=(",", ":"))
-        if self._cluster:
-            pipe.execute_command("SPUBLISH", CHANNEL, message)
-        else:
-            pipe.publish(CHANNEL, message)
+        return ("SPUBLISH" if self._cluster else "PUBLISH", CHANNEL, message)
 
     # -- subscribing ----------------------------------------------------------------
 
@@ -144,7 +141,7 @@ class Broadcast:
         except (ValueError, KeyError, TypeError):
             return
         self.received += 1
-        self._apply([k for k in keys if isinstance(k, str)])
+        self.on_message([k for k in keys if isinstance(k, str)])
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -10,12 +10,16 @@ V = TypeVar("V")
 
 
 class Flight(Generic[V]):
-    """One in-flight load of one key, started at a local invalidation epoch."""
+    """One in-flight load of one key.
 
-    __slots__ = ("epoch", "future")
+    ``since`` orders it against other events, on its owner's counter: the local
+    invalidation version for views, the request number for shared parts.
+    """
 
-    def __init__(self, epoch: int, future: asyncio.Future[V]) -> None:
-        self.epoch = epoch
+    __slots__ = ("future", "since")
+
+    def __init__(self, since: int, future: asyncio.Future[V]) -> None:
+        self.since = since
         self.future = future
 
 
@@ -28,8 +32,8 @@ class Flights(Generic[V]):
     def get(self, key: Hashable) -> Flight[V] | None:
         return self._by_key.get(key)
 
-    def start(self, key: Hashable, epoch: int) -> Flight[V]:
-        flight = Flight(epoch, asyncio.get_running_loop().create_future())
+    def start(self, key: Hashable, since: int) -> Flight[V]:
+        flight = Flight(since, asyncio.get_running_loop().create_future())
         self._by_key[key] = flight
         return flight
 

@@ -1,9 +1,9 @@
-"""L1: a per-process TTL LRU, the local invalidation records, and the generation cache.
+"""L1: a per-process TTL LRU and the local invalidation records.
 
-Same-process invalidation is O(1): it bumps ``epoch`` and records the epoch
+Same-process invalidation is O(1): it bumps ``version`` and records the version
 against the invalidated user, domain, name or the public scope. An L1 entry
-or an in-flight load remembers the epoch it started at; it is stale when a
-record that concerns it is newer. Most hits see an unchanged epoch and skip
+or an in-flight load remembers the version it started at; it is stale when a
+record that concerns it is newer. Most hits see an unchanged version and skip
 the lookups entirely.
 
 **Renewal.** An entry remembers the generations and the server epoch it was
@@ -21,76 +21,91 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 from cachetools import LRUCache
 
-from ..types import AppConfigData
-from . import keys as K
+from . import keys
+from .readings import Readings
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
-_FORGOTTEN = float("-inf")
+
+V = TypeVar("V")
 
 
-#: what an entry was computed under: the four generations and the server epoch
-Basis = tuple[tuple[int, int, int, int], int]
+class Gens(NamedTuple):
+    """The four generations a view depends on."""
+
+    public: int
+    name: int
+    domain: int  # 0 for a user without a domain
+    user: int
 
 
-class Entry:
+class Basis(NamedTuple):
+    """What an entry was computed under: its generations and the server epoch."""
+
+    gens: Gens
+    server: int
+
+
+class Entry(Generic[V]):
     """An L1 entry: a view, the deadlines and what it was computed under."""
 
     __slots__ = (
         "basis",
         "domain",
-        "epoch",
         "expires",
         "hard",
         "refresh_at",
-        "seq",
+        "request",
         "user_scope",
         "value",
+        "version",
     )
 
     def __init__(
         self,
-        value: AppConfigData,
+        value: V,
         domain: str | None,
-        epoch: int,
+        version: int,
         expires: float,
         half_life: float,
         basis: Basis | None,
         hard: float,
-        seq: int,
+        request: int,
         user_scope: bool | None,
     ) -> None:
         self.value = value
         self.domain = domain
-        self.epoch = epoch
+        self.version = version
         self.expires = expires
         # Hits after this ask the background refresh to confirm the generations.
         # Without a basis the entry cannot be renewed: it simply expires.
         self.refresh_at = expires - half_life if basis is not None else expires
         self.basis = basis
         self.hard = hard
-        #: the cache source's request number when the entry was stored
-        self.seq = seq
+        #: the request number when the entry was stored
+        self.request = request
         #: whether the name's chain had the user scope (None: not known)
         self.user_scope = user_scope
 
 
-class LocalTier:
-    """Everything the cache source keeps in process memory."""
+class LocalTier(Generic[V]):
+    """L1 entries, the local invalidation records and the users' domains."""
 
     def __init__(
         self,
         maxsize: int,
         ttl: float,
         timer: Callable[[], float],
+        readings: Readings,
         *,
         max_life: float = 600.0,
     ) -> None:
         self.ttl = ttl
+        self._readings = readings
         #: no entry outlives this, renewed or not (the envelopes' TTL in Valkey)
         self.max_life = max_life
         self.timer = timer
@@ -98,10 +113,11 @@ class LocalTier:
         # An LRU whose entries carry their own deadlines, checked by get() with one
         # clock reading: refresh_at <= expires <= hard, so a hit that is neither in
         # its second half nor expired costs a comparison.
-        self._entries: LRUCache[tuple[UUID, str], Entry] | None = (
+        self._entries: LRUCache[tuple[UUID, str], Entry[V]] | None = (
             LRUCache(maxsize) if maxsize > 0 else None
         )
-        self.epoch = 0
+        #: the local invalidation version: one more for every local invalidation
+        self.version = 0
         self._floor = 0  # entries and flights older than this are stale (after a prune)
         self._public_at = 0
         self._any_domain_at = 0
@@ -111,17 +127,13 @@ class LocalTier:
         self._record_limit = 4 * maxsize + 4096
         #: user -> domain, learnt from the DB and from envelopes
         self.domains: LRUCache[UUID, str] = LRUCache(maxsize=max(4 * maxsize, 65536))
-        #: generation key -> (value or None when absent, fetched at, request sequence)
-        self._gens: dict[str, tuple[int | None, float, int]] = {}
-        #: the keys of ``_gens`` that are not a user's (few: public, names, domains, epoch)
-        self._shared_keys: set[str] = set()
         #: users with hits on entries in the second half of their life (an ordered set)
         self.due: dict[UUID, None] = {}
         self.renewals = 0
 
     # -- L1 entries ---------------------------------------------------------------
 
-    def get(self, user_id: UUID, name: str) -> AppConfigData | object:
+    def get(self, user_id: UUID, name: str) -> V | object:
         entries = self._entries
         if entries is None:
             return MISS
@@ -129,12 +141,12 @@ class LocalTier:
             entry = entries[(user_id, name)]
         except KeyError:
             return MISS
-        if entry.epoch != self.epoch:
-            if self.stale_since(entry.epoch, user_id, name, entry.domain):
+        if entry.version != self.version:
+            if self.stale_since(entry.version, user_id, name, entry.domain):
                 if not self._recomposable(entry, user_id):
                     del entries[(user_id, name)]
                 return MISS  # a recomposable entry stays for stale_entry(), never served
-            entry.epoch = self.epoch
+            entry.version = self.version
         now = self.timer()
         if now >= entry.refresh_at:
             if now >= entry.expires and not self.renew(entry, user_id, name, now):
@@ -146,26 +158,22 @@ class LocalTier:
                 self.due[user_id] = None
         return entry.value
 
-    def renew(self, entry: Entry, user_id: UUID, name: str, now: float) -> bool:
+    def renew(self, entry: Entry[V], user_id: UUID, name: str, now: float) -> bool:
         """Extend an expired entry if fresh generation readings confirm its basis."""
         basis, domain = entry.basis, entry.domain
         if basis is None or domain is None:
             return False
-        (public, by_name, by_domain, user), server = basis
+        gens = basis.gens
         checks = [
-            (K.PUBLIC_GEN, public),
-            (K.name_gen_key(name), by_name),
-            (K.user_gen_key(user_id), user),
-            (K.EPOCH, server),
+            (keys.PUBLIC_GEN, gens.public),
+            (keys.name_gen_key(name), gens.name),
+            (keys.user_gen_key(user_id), gens.user),
         ]
-        if domain != K.NO_DOMAIN:
-            checks.append((K.domain_gen_key(domain), by_domain))
-        oldest = now
-        for key, value in checks:
-            found = self._gens.get(key)
-            if found is None or found[0] != value:
-                return False
-            oldest = min(oldest, found[1])
+        if domain != keys.NO_DOMAIN:
+            checks.append((keys.domain_gen_key(domain), gens.domain))
+        oldest = self._readings.confirmed_at(checks, basis.server)
+        if oldest is None:
+            return False
         expires = min(oldest + self.ttl, entry.hard)
         if expires <= now:
             return False
@@ -174,23 +182,23 @@ class LocalTier:
         self.renewals += 1
         return True
 
-    def _recomposable(self, entry: Entry, user_id: UUID) -> bool:
+    def _recomposable(self, entry: Entry[V], user_id: UUID) -> bool:
         """Did only writes to shared scopes (a domain, a name, a policy) make it stale?
 
         Then its user part still holds until its deadline, and the cache source may
         pair it with a newer shared part (see ``stale_entry``).
         """
-        epoch = entry.epoch
+        version = entry.version
         return (
             entry.basis is not None
             and entry.domain is not None
             and entry.user_scope is not None
-            and epoch >= self._floor
-            and self._public_at <= epoch
-            and self._user_at.get(user_id, 0) <= epoch
+            and version >= self._floor
+            and self._public_at <= version
+            and self._user_at.get(user_id, 0) <= version
         )
 
-    def stale_entry(self, user_id: UUID, name: str, now: float) -> Entry | None:
+    def stale_entry(self, user_id: UUID, name: str, now: float) -> Entry[V] | None:
         """The entry of ``(user_id, name)`` if only shared writes made it stale (and it
         is younger than ``max_life``): never served, but its user part may be reused."""
         entries = self._entries
@@ -198,13 +206,13 @@ class LocalTier:
         if (
             entry is None
             or now >= entry.hard
-            or not self.stale_since(entry.epoch, user_id, name, entry.domain)
+            or not self.stale_since(entry.version, user_id, name, entry.domain)
             or not self._recomposable(entry, user_id)
         ):
             return None
         return entry
 
-    def expired_entry(self, user_id: UUID, name: str, now: float) -> Entry | None:
+    def expired_entry(self, user_id: UUID, name: str, now: float) -> Entry[V] | None:
         """The entry of ``(user_id, name)`` if it expired unconfirmed but nothing
         invalidated it: :meth:`renew` may keep it once fresh readings arrive."""
         entries = self._entries
@@ -213,7 +221,7 @@ class LocalTier:
             entry is None
             or entry.basis is None
             or not entry.expires <= now < entry.hard
-            or self.stale_since(entry.epoch, user_id, name, entry.domain)
+            or self.stale_since(entry.version, user_id, name, entry.domain)
         ):
             return None
         return entry
@@ -226,40 +234,35 @@ class LocalTier:
             del due[user_id]
         return out
 
-    def gens_due(self, now: float) -> list[str]:
-        """The non-user generation keys (and the epoch) in the second half of their life."""
-        limit = now - self.ttl / 2
-        gens = self._gens
-        return [key for key in self._shared_keys if _FORGOTTEN < gens[key][1] <= limit]
-
     def put(
         self,
         user_id: UUID,
         name: str,
-        value: AppConfigData,
+        value: V,
         domain: str | None,
-        epoch: int,
+        version: int,
         expires: float,
         basis: Basis | None = None,
         *,
-        seq: int = 0,
+        request: int = 0,
         user_scope: bool | None = None,
     ) -> bool:
-        """Store unless an invalidation since ``epoch`` concerns it, or it would expire at once.
+        """Store unless an invalidation since ``version`` concerns it, or it would expire at once.
 
         ``basis``: the generations and server epoch the value was computed under,
         which let the entry be renewed; ``None``: it expires at ``expires``.
-        ``seq``: the cache source's request number now; ``user_scope``: whether the
-        chain had the user scope. With both, a shared write recomposes the entry.
+        ``request``: the request number now; ``user_scope``: whether the chain had
+        the user scope. With both, a shared write recomposes the entry.
         """
-        if self._entries is None or self.stale_since(epoch, user_id, name, domain):
+        if self._entries is None or self.stale_since(version, user_id, name, domain):
             return False
         now = self.timer()
         if expires <= now:
             return False
         hard = now + self.max_life
+        expires = min(expires, hard)
         self._entries[(user_id, name)] = Entry(
-            value, domain, epoch, min(expires, hard), self.ttl / 2, basis, hard, seq, user_scope
+            value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope
         )
         return True
 
@@ -268,18 +271,18 @@ class LocalTier:
 
     # -- invalidation records -----------------------------------------------------
 
-    def stale_since(self, epoch: int, user_id: UUID, name: str, domain: str | None) -> bool:
-        """Has anything concerning ``(user_id, name)`` been invalidated after ``epoch``?
+    def stale_since(self, version: int, user_id: UUID, name: str, domain: str | None) -> bool:
+        """Has anything concerning ``(user_id, name)`` been invalidated after ``version``?
 
         ``domain=None`` means the domain is not known yet: any domain counts.
         """
-        if epoch < self._floor or self._public_at > epoch:
+        if version < self._floor or self._public_at > version:
             return True
-        if self._user_at.get(user_id, 0) > epoch or self._name_at.get(name, 0) > epoch:
+        if self._user_at.get(user_id, 0) > version or self._name_at.get(name, 0) > version:
             return True
         if domain is None:
-            return self._any_domain_at > epoch
-        return self._domain_at.get(domain, 0) > epoch
+            return self._any_domain_at > version
+        return self._domain_at.get(domain, 0) > version
 
     def invalidate_public(self) -> None:
         self._public_at = self._bump()
@@ -294,48 +297,16 @@ class LocalTier:
         self._name_at[name] = self._bump()
 
     def mark(self) -> int:
-        """Advance the epoch without a record: returns the new epoch."""
+        """Advance the version without a record: returns the new version."""
         return self._bump()
 
     def _bump(self) -> int:
-        self.epoch += 1
+        self.version += 1
         if len(self._user_at) + len(self._domain_at) + len(self._name_at) > self._record_limit:
             # Forget the records but declare everything older stale: one L1
             # cold start instead of unbounded memory.
             self._user_at.clear()
             self._domain_at.clear()
             self._name_at.clear()
-            self._floor = self.epoch
-        return self.epoch
-
-    # -- generation cache ---------------------------------------------------------
-
-    def gen(self, key: str, now: float) -> tuple[int | None, float, int] | None:
-        """A cached generation younger than ``ttl``: ``(value, fetched_at, seq)``."""
-        found = self._gens.get(key)
-        if found is None or now - found[1] >= self.ttl:
-            return None
-        return found
-
-    def set_gen(self, key: str, value: int | None, fetched_at: float, seq: int) -> None:
-        """Remember a generation read by request number ``seq``.
-
-        A reply can arrive after a newer one (a read sent before an INCR,
-        answered after it): ``seq`` keeps the older value from winning.
-        """
-        found = self._gens.get(key)
-        if found is not None and found[2] > seq:
-            return
-        if len(self._gens) > 65536:
-            self._gens.clear()
-            self._shared_keys.clear()
-        self._record(key, (value, fetched_at, seq))
-
-    def forget_gen(self, key: str, seq: int) -> None:
-        """Mark a generation unknown; replies to requests older than ``seq`` cannot revive it."""
-        self._record(key, (None, _FORGOTTEN, seq))
-
-    def _record(self, key: str, reading: tuple[int | None, float, int]) -> None:
-        self._gens[key] = reading
-        if not key.startswith(K.USER_GEN_PREFIX):
-            self._shared_keys.add(key)
+            self._floor = self.version
+        return self.version

@@ -1,0 +1,158 @@
+"""Which generations a view depends on, what they read now, and fill plans.
+
+A view of ``(user, name)`` for a user of ``domain`` depends on four
+generations: ``public``, the name's, the domain's (0 for a user without a
+domain) and the user's. An envelope is current when it carries all four as
+they read now, under the current server epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+from uuid import UUID
+
+from ....tiered import keys
+from ....tiered.bumps import gen_base
+from ....tiered.commands import Commands
+from ....tiered.failures import Failures
+from ....tiered.local import Gens
+from ....tiered.readings import Readings
+
+
+class Current(NamedTuple):
+    """The generations a view must carry now, and when the oldest of them was read."""
+
+    gens: Gens
+    oldest: float
+
+
+@dataclass(frozen=True, slots=True)
+class FillPlan:
+    """The generations read *before* a DB query (or a recomposition), for new envelopes."""
+
+    domain: str | None  # None: the user's domain was not known before the query
+    public: int | None
+    names: Mapping[str, int | None]
+    domain_gen: int | None
+    user: int | None
+    user_domain: str | None  # what Valkey's user_domain key said
+    epoch: int | None
+    #: when the generations were read (the oldest reading, for an L1 deadline)
+    read_at: float
+
+    def gens(self, name: str) -> Gens | None:
+        by_name = self.names.get(name)
+        if self.public is None or by_name is None or self.domain_gen is None or self.user is None:
+            return None
+        return Gens(self.public, by_name, self.domain_gen, self.user)
+
+
+def shared_gen_keys(names: list[str], domain: str | None) -> list[str]:
+    """The public, name and (if any) domain generation keys of views of ``names``."""
+    gen_keys = [keys.PUBLIC_GEN, *map(keys.name_gen_key, names)]
+    if domain:
+        gen_keys.append(keys.domain_gen_key(domain))
+    return gen_keys
+
+
+class ViewGenerations:
+    """Reads, records and, for fills, creates the generations of views."""
+
+    def __init__(self, readings: Readings, commands: Commands, failures: Failures) -> None:
+        self._readings = readings
+        self._commands = commands
+        self._failures = failures
+
+    def current(self, name: str, domain: str, user_gen: int | None, now: float) -> Current | None:
+        """The generations an envelope of ``name`` must carry now (None: not all known)."""
+        readings = self._readings
+        public = readings.get(keys.PUBLIC_GEN, now)
+        by_name = readings.get(keys.name_gen_key(name), now)
+        if public is None or by_name is None or public.value is None or by_name.value is None:
+            return None
+        if user_gen is None:
+            return None
+        oldest = min(public.read_at, by_name.read_at)
+        domain_gen = 0
+        if domain != keys.NO_DOMAIN:
+            by_domain = readings.get(keys.domain_gen_key(domain), now)
+            if by_domain is None or by_domain.value is None:
+                return None
+            domain_gen = by_domain.value
+            oldest = min(oldest, by_domain.read_at)
+        return Current(Gens(public.value, by_name.value, domain_gen, user_gen), oldest)
+
+    def stale(self, gen_keys: list[str], now: float, *, since: int = -1) -> list[str]:
+        """Those of ``gen_keys`` without a reading younger than ``ttl`` by a request
+        numbered above ``since``."""
+        readings = self._readings
+        return [
+            key
+            for key in gen_keys
+            if (reading := readings.get(key, now)) is None or reading.request <= since
+        ]
+
+    async def fetch(self, gen_keys: list[str], now: float, *, epoch: bool = False) -> bool:
+        """Read generations (and the epoch when due, or asked for) in one round trip.
+
+        False if Valkey failed or answered something else; the failure is logged.
+        """
+        readings = self._readings
+        request = readings.next_request()
+        try:
+            values = await self._commands.read_gens(gen_keys, now, request, epoch=epoch)
+        except Exception as exc:  # failures, and replies of another shape
+            self._failures.log("valkey generation read failed", exc)
+            return False
+        for key, value in zip(gen_keys, values, strict=True):
+            readings.put(key, value, now, request)
+            if key.startswith(keys.USER_GEN_PREFIX):
+                readings.user_held_since(key, value)
+        return True
+
+    async def plan(
+        self,
+        user_id: UUID,
+        names: list[str],
+        domain: str | None,
+        user_gen: int | None,
+        user_domain: str | None,
+        now: float,
+    ) -> FillPlan | None:
+        """Gather the generations for filling ``names``; create absent ones (random base)."""
+        readings = self._readings
+        known: dict[str, int | None] = {}
+        for key in shared_gen_keys(names, None if domain == keys.NO_DOMAIN else domain):
+            reading = readings.get(key, now)
+            known[key] = None if reading is None else reading.value
+        user_key = keys.user_gen_key(user_id)
+        known[user_key] = user_gen
+        absent = [key for key, value in known.items() if value is None]
+        if absent:
+            request = readings.next_request()
+            try:
+                created = await self._commands.create_gens({key: gen_base() for key in absent})
+            except Exception as exc:
+                self._failures.log("valkey generation init failed", exc)
+                return None
+            for key, value in zip(absent, created, strict=True):
+                known[key] = value
+                if key != user_key:
+                    readings.put(key, value, now, request)
+        domain_gen: int | None = 0
+        if domain is None:
+            domain_gen = None
+        elif domain != keys.NO_DOMAIN:
+            domain_gen = known[keys.domain_gen_key(domain)]
+        return FillPlan(
+            domain=domain,
+            public=known[keys.PUBLIC_GEN],
+            names={name: known[keys.name_gen_key(name)] for name in names},
+            domain_gen=domain_gen,
+            user=known[user_key],
+            user_domain=user_domain,
+            epoch=readings.epoch(now),
+            read_at=now,
+        )

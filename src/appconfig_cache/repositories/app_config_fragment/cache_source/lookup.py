@@ -1,0 +1,154 @@
+"""The L2 lookup: one ``MGET`` in the user's slot, and the envelopes it proves current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from ....tiered import keys
+from ....tiered.commands import Commands, as_int
+from ....tiered.envelope import Candidate, EnvelopeReader
+from ....tiered.failures import Failures
+from ....tiered.local import Basis, LocalTier
+from ....tiered.readings import Readings
+from ....tiered.stats import CacheStats
+from ....types import AppConfigData
+from .generations import FillPlan, ViewGenerations, shared_gen_keys
+from .store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Looked:
+    """What a lookup found, and what it read that a fill or a recomposition needs."""
+
+    found: dict[str, AppConfigData]
+    #: outdated envelopes whose user generation and server epoch still hold
+    reusable: dict[str, Candidate]
+    #: the user's domain as far as this process knows it now (None: unknown)
+    domain: str | None
+    user_gen: int | None
+    user_domain: str | None  # what Valkey's user_domain key said
+    #: the user generation has held since before any request numbered above this was sent
+    user_since: int
+    read_at: float
+
+
+class Lookup:
+    """Finds current envelopes in Valkey; their views go to L1 through the store."""
+
+    def __init__(
+        self,
+        local: LocalTier[AppConfigData],
+        readings: Readings,
+        commands: Commands,
+        generations: ViewGenerations,
+        envelopes: EnvelopeReader[AppConfigData],
+        store: Store,
+        stats: CacheStats,
+        failures: Failures,
+        *,
+        local_ttl: float,
+    ) -> None:
+        self._local = local
+        self._readings = readings
+        self._commands = commands
+        self._generations = generations
+        self._envelopes = envelopes
+        self._store = store
+        self._stats = stats
+        self._failures = failures
+        self._local_ttl = local_ttl
+
+    async def find(
+        self, user_id: UUID, names: list[str], version: int, now: float
+    ) -> Looked | None:
+        """Look ``names`` up (plus the generations that are due); None if Valkey failed."""
+        local, readings = self._local, self._readings
+        request = readings.next_request()
+        domain = local.domains.get(user_id)
+        due = self._generations.stale(shared_gen_keys(names, domain), now)
+        user_gen_key = keys.user_gen_key(user_id)
+        user_keys = [keys.merged_key(user_id, name) for name in names]
+        user_keys += [user_gen_key, keys.user_domain_key(user_id)]
+        try:
+            reply = await self._commands.lookup(user_keys, due, now, request)
+        except Exception as exc:  # failures, and replies of another shape
+            self._failures.log("valkey read failed", exc)
+            self._stats.l2_skipped += len(names)
+            return None
+        try:
+            values = reply[0]
+            if not isinstance(values, list) or len(values) != len(user_keys):
+                raise TypeError(f"MGET answered {type(values).__name__}")
+            for key, raw in zip(due, reply[1:], strict=True):
+                readings.put(key, as_int(raw), now, request)
+            user_gen = as_int(values[-2])
+            readings.put(user_gen_key, user_gen, now, request)
+            user_since = readings.user_held_since(user_gen_key, user_gen)
+            raw_domain = values[-1]
+            user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
+        except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
+            self._failures.reject("valkey answered a reply of the wrong shape", exc)
+            self._stats.l2_skipped += len(names)
+            return None
+        if user_domain is not None:
+            domain = user_domain
+            local.domains[user_id] = user_domain
+
+        candidates = self._envelopes.candidates(user_id, names, values, user_domain)
+        # Domains named by envelopes or the user_domain key whose generation is not cached.
+        needed = {candidate.header.domain for candidate in candidates}
+        if domain:
+            needed.add(domain)
+        needed.discard(keys.NO_DOMAIN)
+        late = self._generations.stale([keys.domain_gen_key(d) for d in needed], now)
+        if late and not await self._generations.fetch(late, now):
+            return None
+
+        found, reusable = self._current_views(user_id, candidates, user_gen, version, now)
+        self._stats.l2_hits += len(found)
+        self._stats.l2_misses += len(names) - len(found)
+        return Looked(found, reusable, domain, user_gen, user_domain, user_since, now)
+
+    async def plan(self, user_id: UUID, names: list[str], looked: Looked) -> FillPlan | None:
+        """The generations new envelopes of ``names`` go under: those read by the lookup
+        (before any DB query), plus absent ones created now."""
+        return await self._generations.plan(
+            user_id, names, looked.domain, looked.user_gen, looked.user_domain, looked.read_at
+        )
+
+    def _current_views(
+        self,
+        user_id: UUID,
+        candidates: list[Candidate],
+        user_gen: int | None,
+        version: int,
+        now: float,
+    ) -> tuple[dict[str, AppConfigData], dict[str, Candidate]]:
+        """The views of the current envelopes (kept in L1), and the reusable outdated ones."""
+        found: dict[str, AppConfigData] = {}
+        reusable: dict[str, Candidate] = {}
+        server_epoch = self._readings.epoch(now)
+        request = self._readings.next_request()  # after the reply: see LocalTier.stale_entry
+        for candidate in candidates:
+            name, header = candidate.name, candidate.header
+            current = self._generations.current(name, header.domain, user_gen, now)
+            if current is None or header.gens != current.gens or header.epoch != server_epoch:
+                self._stats.envelopes_outdated += 1
+                if (
+                    header.user_scope is not None
+                    and user_gen is not None
+                    and header.gens[3] == user_gen
+                    and header.epoch == server_epoch
+                ):
+                    reusable[name] = candidate  # only shared scopes changed
+                continue
+            view = self._envelopes.value(user_id, name, candidate.raw, header)
+            if view is not None:
+                found[name] = view
+                self._store.keep_hit(
+                    user_id, name, view, header.domain, version,
+                    current.oldest + self._local_ttl, Basis(current.gens, header.epoch),
+                    request, header.user_scope,
+                )  # fmt: skip
+        return found, reusable

@@ -1,0 +1,150 @@
+"""The store: the one writer of L1 entries, and of the envelopes queued for Valkey."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from uuid import UUID
+
+from ....tiered import keys
+from ....tiered.envelope import EnvelopeReader, encode_envelope
+from ....tiered.fills import FillQueue
+from ....tiered.local import Basis, LocalTier
+from ....tiered.readings import Readings
+from ....tiered.stats import CacheStats
+from ....types import AppConfigData, AppConfigScopeType
+from ..db_source import LoadedViews
+from .generations import FillPlan
+
+
+class Store:
+    """Puts views in L1 now and their envelopes on the fill queue.
+
+    An envelope carries the generations read before the view's DB query (the
+    :class:`FillPlan`), so when the background write lands does not matter for
+    correctness (I3). Without a plan (Valkey unusable) a view goes to L1 only.
+    """
+
+    def __init__(
+        self,
+        local: LocalTier[AppConfigData],
+        readings: Readings,
+        envelopes: EnvelopeReader[AppConfigData],
+        fills: FillQueue,
+        stats: CacheStats,
+        *,
+        local_ttl: float,
+        max_value_bytes: int,
+    ) -> None:
+        self._local = local
+        self._readings = readings
+        self._envelopes = envelopes
+        self._fills = fills
+        self._stats = stats
+        self._local_ttl = local_ttl
+        self._max_value_bytes = max_value_bytes
+
+    def keep_hit(
+        self,
+        user_id: UUID,
+        name: str,
+        view: AppConfigData,
+        domain: str,
+        version: int,
+        expires: float,
+        basis: Basis,
+        request: int,
+        user_scope: bool | None,
+    ) -> None:
+        """A current envelope's view, read from Valkey."""
+        self._local.put(
+            user_id, name, view, domain, version, expires, basis,
+            request=request, user_scope=user_scope,
+        )  # fmt: skip
+
+    def put_loaded(
+        self,
+        user_id: UUID,
+        names: list[str],
+        loaded: LoadedViews,
+        plan: FillPlan | None,
+        version: int,
+        started: float,
+    ) -> None:
+        """Views of a DB load, which also told the user's domain."""
+        domain = loaded.domain or keys.NO_DOMAIN
+        self._local.domains[user_id] = domain
+        sets = self._put(user_id, names, loaded, domain, plan, version, started)
+        if plan is not None and plan.user_domain != domain:
+            sets.append((keys.user_domain_key(user_id), domain.encode()))
+        if sets:
+            self._fills.add(sets)
+
+    def put_computed(
+        self,
+        user_id: UUID,
+        views: Mapping[str, AppConfigData],
+        chains: Mapping[str, tuple[AppConfigScopeType, ...]],
+        domain: str | None,
+        plan: FillPlan | None,
+        version: int,
+        started: float,
+    ) -> None:
+        """Views computed without a DB load (recomposed, or given by a caller).
+
+        ``domain`` is what this process believes (None: unknown; L1 then treats
+        any domain invalidation as concerning them).
+        """
+        loaded = LoadedViews(
+            domain=domain, views=dict(views), with_policy=frozenset(views), chains=dict(chains)
+        )
+        sets = self._put(user_id, list(views), loaded, domain, plan, version, started)
+        if sets:
+            self._fills.add(sets)
+
+    def _put(
+        self,
+        user_id: UUID,
+        names: list[str],
+        loaded: LoadedViews,
+        domain: str | None,
+        plan: FillPlan | None,
+        version: int,
+        started: float,
+    ) -> list[tuple[str, bytes]]:
+        """Put each view with a policy in L1; return the envelopes to write."""
+        expires = started + self._local_ttl
+        request = self._readings.next_request()
+        # the plan's generations fit only views of the domain it was read for
+        server = None if plan is None or plan.domain != domain else plan.epoch
+        sets: list[tuple[str, bytes]] = []
+        for name in names:
+            if name not in loaded.with_policy:
+                continue  # never cache a name without a policy
+            view = loaded.views[name]
+            data_json = view.__pydantic_serializer__.to_json(view)  # bytes: the size is real
+            if len(data_json) > self._max_value_bytes:
+                self._stats.oversize_values += 1
+                self._stats.fills_skipped += 1
+                continue
+            gens = None if plan is None or server is None else plan.gens(name)
+            basis = None if gens is None or server is None else Basis(gens, server)
+            user_scope = _has_user_scope(loaded.chains.get(name))
+            self._local.put(
+                user_id, name, view, domain, version, expires, basis,
+                request=request, user_scope=user_scope,
+            )  # fmt: skip
+            if plan is None:
+                continue
+            if basis is None or domain is None:
+                self._stats.fills_skipped += 1
+                continue
+            envelope = encode_envelope(
+                user_id, name, domain, basis.gens, basis.server, data_json, user_scope
+            )
+            sets.append((keys.merged_key(user_id, name), envelope))
+            self._envelopes.remember(user_id, name, envelope, view)
+        return sets
+
+
+def _has_user_scope(chain: Collection[AppConfigScopeType] | None) -> bool | None:
+    return None if chain is None else AppConfigScopeType.USER in chain

@@ -1,0 +1,142 @@
+"""Generation bumps: the Valkey half of every invalidation, and its replay.
+
+A bump is one ``INCR`` per generation key, in one pipeline for all of an
+invalidation's keys (with the broadcast's message and ``WAIT`` when those are
+on). A bump that cannot reach Valkey stays *pending*: this process does not
+trust Valkey again (no lookups, no fills) until the pending bumps have been
+replayed, so it never serves a view its own write outdated (I2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from . import keys
+from .broadcast import Broadcast
+from .commands import Commands
+from .failures import Failures
+from .readings import Readings
+from .stats import CacheStats
+from .tasks import Background, Slot
+
+_logger = logging.getLogger("appconfig_cache.cache")
+_RANDOM = random.SystemRandom()
+
+
+def gen_base() -> int:
+    """A random base for a generation key that does not exist yet: after a restart
+    or an eviction the counter starts somewhere no old envelope names."""
+    return _RANDOM.getrandbits(62)
+
+
+class NotReplicated(Exception):
+    """WAIT returned before enough replicas acknowledged the bump."""
+
+
+class Bumps:
+    """Sends bumps, keeps the ones that failed, and replays them before Valkey is used."""
+
+    def __init__(
+        self,
+        commands: Commands,
+        readings: Readings,
+        background: Background,
+        stats: CacheStats,
+        failures: Failures,
+        *,
+        broadcast: Broadcast | None,
+        wait_replicas: int,
+        wait_ms: int,
+        timer: Callable[[], float],
+    ) -> None:
+        self._commands = commands
+        self._remote = commands.remote
+        self._readings = readings
+        self._stats = stats
+        self._failures = failures
+        self._broadcast = broadcast
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
+        self._timer = timer
+        self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
+        self._replay = Slot(background, self._replay_once)
+        self._next_replay_at = float("-inf")
+
+    @property
+    def pending(self) -> int:
+        """How many generation keys wait to be bumped in Valkey."""
+        return len(self._pending)
+
+    async def bump(self, gen_keys: list[str]) -> None:
+        """INCR each generation now, with any pending ones; keep them pending on failure."""
+        self._stats.invalidations += len(gen_keys)
+        request = self._readings.next_request()
+        if not self._remote.available():
+            self._defer(gen_keys, request)
+            return
+        await self._send(gen_keys, request, self._timer())
+
+    def later(self, gen_keys: list[str]) -> None:
+        """Count the invalidation, and leave its bumps pending for the next read to replay."""
+        self._stats.invalidations += len(gen_keys)
+        self._defer(gen_keys, self._readings.next_request())
+
+    async def catch_up(self) -> bool:
+        """Replay pending bumps (if any); return whether Valkey may be used now."""
+        if not self._pending:
+            return self._remote.available()
+        return await asyncio.shield(self._replay.start())
+
+    async def _replay_once(self) -> bool:
+        # One attempt per cool-down: a Valkey that takes the bump but cannot
+        # replicate it (WAIT) must not cost every read a round trip.
+        now = self._timer()
+        if now < self._next_replay_at or not self._remote.available():
+            return False
+        await self._send([], self._readings.next_request(), now)
+        return not self._pending
+
+    async def _send(self, gen_keys: list[str], request: int, now: float) -> None:
+        todo = list(dict.fromkeys([*self._pending, *gen_keys]))
+        if not todo:
+            return
+        broadcast = self._broadcast
+        if broadcast is not None:
+            broadcast.ensure_started()
+        try:
+            reply = await self._commands.bump(
+                {key: gen_base() for key in todo},
+                publish=None if broadcast is None else broadcast.publish_command(todo),
+                wait_replicas=self._wait_replicas,
+                wait_ms=self._wait_ms,
+            )
+            if reply.replicas is not None and reply.replicas < self._wait_replicas:
+                raise NotReplicated(
+                    f"{reply.replicas} of {self._wait_replicas} replicas acknowledged"
+                )
+        except BaseException as exc:  # replayed before Valkey is trusted again
+            self._defer(todo, request)
+            # At most one replay attempt per cool-down (a WAIT that nobody answers
+            # must not cost every following read another wait_timeout).
+            self._next_replay_at = now + self._remote.breaker.cooldown
+            if not isinstance(exc, Exception):
+                raise  # cancelled after the DB commit: the bump stays pending
+            self._failures.log("valkey invalidation failed; will replay", exc)
+            return
+        # Numbered after the reply: a GET sent while the INCR was in flight may be
+        # answered after it, and must not put the old value back.
+        request = self._readings.next_request()
+        for key, value in zip(todo, reply.gens, strict=True):
+            if not key.startswith(keys.USER_GEN_PREFIX):
+                self._readings.put(key, value, now, request)
+        self._pending.difference_update(todo)
+        if _logger.isEnabledFor(logging.DEBUG):
+            _logger.debug("bumped %s", todo)
+
+    def _defer(self, gen_keys: list[str], request: int) -> None:
+        for key in gen_keys:
+            self._pending.add(key)
+            self._readings.forget(key, request)

@@ -1,0 +1,197 @@
+"""Every Valkey command the cache sends, one typed method each.
+
+This is the only module that builds pipelines. Each method is one round trip
+under the :class:`~appconfig_cache.tiered.remote.Remote` budget, and raises
+what the call raises (a failure, or a reply of another shape); callers turn
+that into a miss.
+
+The server epoch rides along when it is due: ``INFO server`` in the same
+pipeline on a standalone server; on a cluster, from every primary, in
+parallel with the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from .broadcast import is_cluster
+from .readings import Readings
+from .remote import Remote
+
+
+class BadReply(Exception):
+    """Valkey answered something of another shape. Never leaves the cache source."""
+
+
+class BumpReply(NamedTuple):
+    """The generations after the ``INCR`` of each key, and how many replicas took them."""
+
+    gens: list[int | None]
+    replicas: int | None
+
+
+def as_int(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def server_epoch_of(info: Any) -> int:
+    """A 62-bit identity of the server(s) from ``INFO server``: one node's or a cluster's."""
+    if isinstance(info, dict) and isinstance(info.get("run_id"), str):
+        run_ids = [info["run_id"]]
+    elif isinstance(info, dict):  # a cluster: {node: {... "run_id": ...}}
+        run_ids = sorted(
+            str(node.get("run_id")) for node in info.values() if isinstance(node, dict)
+        )
+    else:
+        raise BadReply(f"unexpected INFO reply: {type(info).__name__}")
+    if not run_ids:
+        raise BadReply("INFO named no run_id")
+    digest = hashlib.blake2b(",".join(run_ids).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 2
+
+
+class Commands:
+    """Typed Valkey round trips; the server epoch they read goes into ``readings``."""
+
+    def __init__(self, client: Any, remote: Remote, readings: Readings, *, ttl: int) -> None:
+        self.client = client
+        self.remote = remote
+        self.cluster = is_cluster(client)
+        self._readings = readings
+        self._ttl = ttl
+
+    async def lookup(
+        self, user_keys: list[str], gen_keys: list[str], now: float, request: int
+    ) -> list[Any]:
+        """``MGET`` of one user's keys (one slot), then a ``GET`` of each of ``gen_keys``."""
+        if gen_keys or self._readings.epoch(now) is None:
+
+            def queue(pipe: Any) -> None:
+                # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
+                pipe.execute_command("MGET", *user_keys)
+                for key in gen_keys:
+                    pipe.get(key)
+
+            return await self._pipelined(queue, now, request)
+        client = self.client
+        return [await self.remote.call(lambda: client.mget(user_keys))]
+
+    async def read_gens(
+        self, gen_keys: list[str], now: float, request: int, *, epoch: bool = False
+    ) -> list[int | None]:
+        """The generations of ``gen_keys`` (None: absent); ``epoch``: read the epoch too."""
+
+        def queue(pipe: Any) -> None:
+            for key in gen_keys:
+                pipe.get(key)
+
+        reply = await self._pipelined(queue, now, request, epoch=epoch)
+        return [as_int(raw) for _key, raw in zip(gen_keys, reply, strict=True)]
+
+    async def create_gens(self, bases: dict[str, int]) -> list[int | None]:
+        """Create absent generations at their bases; the value of each afterwards."""
+
+        def queue(pipe: Any) -> None:
+            for key, base in bases.items():
+                pipe.set(key, base, nx=True, get=True)
+
+        reply = await self.remote.call(self._run(queue))
+        return [
+            base if raw is None else as_int(raw)
+            for base, raw in zip(bases.values(), reply, strict=True)
+        ]
+
+    async def bump(
+        self,
+        bases: dict[str, int],
+        *,
+        publish: Sequence[Any] | None,
+        wait_replicas: int,
+        wait_ms: int,
+    ) -> BumpReply:
+        """``INCR`` each key (created at its base if absent), publish, then ``WAIT``."""
+
+        def queue(pipe: Any) -> None:
+            for key, base in bases.items():
+                pipe.set(key, base, nx=True)
+                pipe.incr(key)
+            if publish is not None:
+                pipe.execute_command(*publish)
+            if wait_replicas:
+                pipe.execute_command("WAIT", wait_replicas, wait_ms)
+
+        # WAIT blocks up to wait_ms on the server: the budget must cover it.
+        reply = await self.remote.call(self._run(queue), extra_time=wait_ms / 1000)
+        gens = [as_int(raw) for raw in reply[1 : 2 * len(bases) : 2]]
+        if len(gens) != len(bases):
+            raise BadReply(f"{len(reply)} replies to {len(bases)} bumps")
+        return BumpReply(gens, int(reply[-1]) if wait_replicas else None)
+
+    async def fill(self, sets: list[tuple[str, bytes]]) -> None:
+        """``SET … EX ttl`` of each envelope."""
+
+        def queue(pipe: Any) -> None:
+            for key, payload in sets:
+                pipe.set(key, payload, ex=self._ttl)
+
+        await self.remote.call(self._run(queue))
+
+    async def read_listed(
+        self, list_key: str, gen_key: str, base: int, now: float, request: int
+    ) -> tuple[Any, int | None]:
+        """A list cached under a generation, and that generation (created at ``base``:
+        then None, as nothing cached can match a generation just created)."""
+
+        def queue(pipe: Any) -> None:
+            pipe.get(list_key)
+            pipe.set(gen_key, base, nx=True, get=True)
+
+        raw, raw_gen = await self._pipelined(queue, now, request)
+        return raw, as_int(raw_gen)
+
+    async def store(self, key: str, payload: bytes) -> None:
+        client = self.client
+        await self.remote.call(lambda: client.set(key, payload, ex=self._ttl))
+
+    def _run(self, queue: Callable[[Any], None]) -> Callable[[], Any]:
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            return await pipe.execute()
+
+        return run
+
+    async def _pipelined(
+        self, queue: Callable[[Any], None], now: float, request: int, *, epoch: bool = False
+    ) -> list[Any]:
+        """One round trip: the commands ``queue`` adds, plus the server epoch when it is due
+        (or ``epoch``). Returns the replies of ``queue``'s commands."""
+        epoch_due = epoch or self._readings.epoch(now) is None
+        info_in_pipe = epoch_due and not self.cluster
+
+        async def run() -> Any:
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            if info_in_pipe:
+                pipe.execute_command("INFO", "server")
+            if not epoch_due or info_in_pipe:
+                return await pipe.execute(), None
+            return await asyncio.gather(pipe.execute(), self._cluster_info())
+
+        reply, cluster_info = await self.remote.call(run)
+        if not epoch_due:
+            return list(reply)
+        info = reply[-1] if info_in_pipe else cluster_info
+        self._readings.put_epoch(server_epoch_of(info), now, request)
+        return list(reply[:-1] if info_in_pipe else reply)
+
+    async def _cluster_info(self) -> Any:
+        return await self.client.info("server", target_nodes=self.client.PRIMARIES)

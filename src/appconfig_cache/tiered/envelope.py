@@ -1,0 +1,211 @@
+"""The JSON envelope a view is stored in, in Valkey, and how it is read back.
+
+An envelope names what it holds (user, name, domain) and the generations and
+server epoch it was computed under; a reader accepts it only if those are
+current. The header is read without parsing the value, so an outdated
+envelope costs no parse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Generic, NamedTuple, TypeVar
+from uuid import UUID
+
+from cachetools import LRUCache
+
+from .failures import Failures
+from .stats import CacheStats
+
+ENVELOPE_VERSION = 1
+
+V = TypeVar("V")
+
+
+def encode_envelope(
+    user_id: UUID,
+    name: str,
+    domain: str,
+    gens: tuple[int, ...],
+    epoch: int,
+    data_json: bytes,
+    user_scope: bool | None = None,
+) -> bytes:
+    """A header line, then the view: two compact JSON documents.
+
+    ``{"v": 1, "u": user, "n": name, "d": domain, "g": [public, name, domain, user],
+    "e": epoch}``, a newline, then ``AppConfigData`` as JSON (made once by the
+    caller, as bytes). Compact JSON never holds a raw newline, so the header is read, and
+    an outdated envelope rejected, without parsing the view. ``e`` is the
+    server's identity (from its ``run_id``): a restart, a restore or a failover
+    changes it, and no envelope from before can match again. ``c`` (optional)
+    says whether the policy chain the view was merged under had the user
+    scope: then the view's fragments tell the user's own fragment, or its
+    absence, and an outdated envelope whose user generation still holds can be
+    recomposed with fresh shared fragments instead of a per-user query.
+    """
+    doc: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "u": str(user_id),
+        "n": name,
+        "d": domain,
+        "g": list(gens),
+        "e": epoch,
+    }
+    if user_scope is not None:
+        doc["c"] = int(user_scope)
+    head = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return head.encode() + b"\n" + data_json
+
+
+class BadEnvelope(Exception):
+    """A payload that is not one of our envelopes. Never leaves the cache source."""
+
+
+class Header:
+    """An envelope's header; ``body`` is where the view's JSON starts."""
+
+    __slots__ = ("body", "domain", "epoch", "gens", "name", "user", "user_scope")
+
+    def __init__(
+        self,
+        user: str,
+        name: str,
+        domain: str,
+        gens: tuple[Any, ...],
+        epoch: int,
+        body: int,
+        user_scope: bool | None = None,
+    ) -> None:
+        self.user = user
+        self.name = name
+        self.domain = domain
+        self.gens = gens
+        self.epoch = epoch
+        self.body = body
+        #: did the view's chain have the user scope (None: not said)
+        self.user_scope = user_scope
+
+
+def decode_header(raw: bytes) -> Header:
+    """Read the header line of an envelope, or raise :class:`BadEnvelope`."""
+    end = raw.find(b"\n")
+    if end < 0:
+        raise BadEnvelope("no header line")
+    try:
+        doc = json.loads(raw[:end])
+    except ValueError as exc:
+        raise BadEnvelope(str(exc)) from None
+    if not isinstance(doc, dict) or doc.get("v") != ENVELOPE_VERSION:
+        raise BadEnvelope("unknown envelope version")
+    user, name, domain, gens = doc.get("u"), doc.get("n"), doc.get("d"), doc.get("g")
+    epoch = doc.get("e")
+    if not (
+        isinstance(user, str)
+        and isinstance(name, str)
+        and isinstance(domain, str)
+        and isinstance(gens, list)
+        and len(gens) == 4
+        and isinstance(epoch, int)
+    ):
+        raise BadEnvelope("malformed envelope header")
+    flag = doc.get("c")
+    user_scope = bool(flag) if type(flag) is int and flag in (0, 1) else None
+    return Header(user, name, domain, tuple(gens), epoch, end + 1, user_scope)
+
+
+def decode_body(raw: bytes, header: Header, parse: Callable[[bytes], V]) -> V:
+    """Parse the value after the header with ``parse``, or raise :class:`BadEnvelope`.
+
+    ``parse`` validates (a pydantic ``model_validate_json``): its ``ValueError``
+    becomes :class:`BadEnvelope`.
+    """
+    try:
+        return parse(raw[header.body :])
+    except ValueError as exc:
+        raise BadEnvelope(str(exc)) from None
+
+
+class Candidate(NamedTuple):
+    """An envelope whose header names the user and name it was looked up for."""
+
+    name: str
+    raw: bytes
+    header: Header
+
+
+class EnvelopeReader(Generic[V]):
+    """Checks the envelopes a lookup returned, and parses their values.
+
+    The *parse memo* keeps, per ``(user, name)``, the last envelope's bytes and
+    parsed value, so an envelope fetched again (after its L1 entry expired, or
+    with L1 off) is not parsed again. It is not a cache tier: every read still
+    fetches the envelope and checks its header; only identical bytes (compared
+    in full) skip the parse.
+    """
+
+    def __init__(
+        self,
+        parse: Callable[[bytes], V],
+        owner: Callable[[V], tuple[UUID, str]],
+        *,
+        memo_size: int,
+        failures: Failures,
+        stats: CacheStats,
+    ) -> None:
+        self._parse = parse
+        self._owner = owner
+        self._memo: LRUCache[tuple[UUID, str], tuple[bytes, V]] | None = (
+            LRUCache(maxsize=memo_size) if memo_size > 0 else None
+        )
+        self._failures = failures
+        self._stats = stats
+
+    def candidates(
+        self, user_id: UUID, names: list[str], values: list[Any], user_domain: str | None
+    ) -> list[Candidate]:
+        """The envelopes whose header names this user, name and (if known) domain."""
+        uid_text = str(user_id)
+        out = []
+        for name, raw in zip(names, values, strict=False):
+            if raw is None:
+                continue
+            try:
+                header = decode_header(raw)
+            except BadEnvelope as exc:
+                self._failures.reject("rejected a malformed cache envelope", exc)
+                continue
+            if header.user != uid_text or header.name != name:
+                self._failures.reject("rejected a foreign cache envelope", ValueError(name))
+                continue
+            if user_domain is not None and header.domain != user_domain:
+                self._stats.envelopes_outdated += 1  # the user moved domain
+                continue
+            out.append(Candidate(name, raw, header))
+        return out
+
+    def value(self, user_id: UUID, name: str, raw: bytes, header: Header) -> V | None:
+        """The value of a current envelope; the same bytes are parsed once (memo)."""
+        memo = self._memo
+        key = (user_id, name)
+        if memo is not None:
+            seen = memo.get(key)
+            if seen is not None and seen[0] == raw:
+                return seen[1]
+        try:
+            value = decode_body(raw, header, self._parse)
+        except BadEnvelope as exc:
+            self._failures.reject("rejected a malformed cache envelope", exc)
+            return None
+        if self._owner(value) != key:
+            self._failures.reject("rejected a foreign cache envelope", ValueError(name))
+            return None
+        if memo is not None:
+            memo[key] = (raw, value)
+        return value
+
+    def remember(self, user_id: UUID, name: str, raw: bytes, value: V) -> None:
+        """An envelope this process wrote: its bytes will come back, no need to parse them."""
+        if self._memo is not None:
+            self._memo[(user_id, name)] = (raw, value)
