@@ -414,7 +414,7 @@ async def close_tiers(tiers: Tiers) -> None:
                 await cache.aclose()
         except TimeoutError:
             # a load parked by a failed test never resumes: cancel it so the session goes on
-            tasks = list(cache._background._tasks)
+            tasks = list(cache._parts.background._tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -194,8 +194,8 @@ async def test_no_renewal_without_valkey(cached: Tiers) -> None:
     w = await make_world(t)
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "menu")
     start = clock.now
-    cache._remote.breaker.trip()  # as after confirmed failures; cools down for 5 s
-    assert not cache._remote.available()
+    cache._parts.remote.breaker.trip()  # as after confirmed failures; cools down for 5 s
+    assert not cache._parts.remote.available()
     clock.now = start + HALF + 0.1
     await repo.app_config(w.u1, "menu")
     await cache.drain()

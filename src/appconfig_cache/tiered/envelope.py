@@ -16,6 +16,7 @@ from uuid import UUID
 from cachetools import LRUCache
 
 from .failures import Failures
+from .keys import Gens
 from .stats import CacheStats
 
 ENVELOPE_VERSION = 1
@@ -27,7 +28,7 @@ def encode_envelope(
     user_id: UUID,
     name: str,
     domain: str,
-    gens: tuple[int, ...],
+    gens: Gens,
     epoch: int,
     data_json: bytes,
     user_scope: bool | None = None,
@@ -73,7 +74,7 @@ class Header:
         user: str,
         name: str,
         domain: str,
-        gens: tuple[Any, ...],
+        gens: Gens,
         epoch: int,
         body: int,
         user_scope: bool | None = None,
@@ -112,7 +113,7 @@ def decode_header(raw: bytes) -> Header:
         raise BadEnvelope("malformed envelope header")
     flag = doc.get("c")
     user_scope = bool(flag) if type(flag) is int and flag in (0, 1) else None
-    return Header(user, name, domain, tuple(gens), epoch, end + 1, user_scope)
+    return Header(user, name, domain, Gens(*gens), epoch, end + 1, user_scope)
 
 
 def decode_body(raw: bytes, header: Header, parse: Callable[[bytes], V]) -> V:
@@ -133,6 +134,11 @@ class Candidate(NamedTuple):
     name: str
     raw: bytes
     header: Header
+
+
+class _Parsed(NamedTuple, Generic[V]):
+    raw: bytes
+    value: V
 
 
 class EnvelopeReader(Generic[V]):
@@ -156,7 +162,7 @@ class EnvelopeReader(Generic[V]):
     ) -> None:
         self._parse = parse
         self._owner = owner
-        self._memo: LRUCache[tuple[UUID, str], tuple[bytes, V]] | None = (
+        self._memo: LRUCache[tuple[UUID, str], _Parsed[V]] | None = (
             LRUCache(maxsize=memo_size) if memo_size > 0 else None
         )
         self._failures = failures
@@ -191,8 +197,8 @@ class EnvelopeReader(Generic[V]):
         key = (user_id, name)
         if memo is not None:
             seen = memo.get(key)
-            if seen is not None and seen[0] == raw:
-                return seen[1]
+            if seen is not None and seen.raw == raw:
+                return seen.value
         try:
             value = decode_body(raw, header, self._parse)
         except BadEnvelope as exc:
@@ -202,10 +208,10 @@ class EnvelopeReader(Generic[V]):
             self._failures.reject("rejected a foreign cache envelope", ValueError(name))
             return None
         if memo is not None:
-            memo[key] = (raw, value)
+            memo[key] = _Parsed(raw, value)
         return value
 
     def remember(self, user_id: UUID, name: str, raw: bytes, value: V) -> None:
         """An envelope this process wrote: its bytes will come back, no need to parse them."""
         if self._memo is not None:
-            self._memo[(user_id, name)] = (raw, value)
+            self._memo[(user_id, name)] = _Parsed(raw, value)

@@ -27,6 +27,7 @@ class FillQueue:
         self, commands: Commands, background: Background, stats: CacheStats, failures: Failures
     ) -> None:
         self._commands = commands
+        self._background = background
         self._stats = stats
         self._failures = failures
         self._queue: list[tuple[str, bytes]] = []

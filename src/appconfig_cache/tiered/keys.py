@@ -23,6 +23,15 @@ POLICY_NAMES = PREFIX + "policy_names"
 NO_DOMAIN = ""
 
 
+class Gens(NamedTuple):
+    """The four generations a view depends on (as an envelope states them)."""
+
+    public: int
+    name: int
+    domain: int  # 0 for a user without a domain
+    user: int
+
+
 def merged_key(user_id: UUID, name: str) -> str:
     return f"{PREFIX}merged:{{{user_id}}}:{name}"
 

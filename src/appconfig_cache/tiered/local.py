@@ -27,20 +27,12 @@ from uuid import UUID
 from cachetools import LRUCache
 
 from . import keys
+from .keys import Gens
 from .readings import Readings
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
 
 V = TypeVar("V")
-
-
-class Gens(NamedTuple):
-    """The four generations a view depends on."""
-
-    public: int
-    name: int
-    domain: int  # 0 for a user without a domain
-    user: int
 
 
 class Basis(NamedTuple):

@@ -48,8 +48,8 @@ class Readings:
         #: the keys of ``_gens`` that are not a user's (few: public, names, domains)
         self._shared_keys: set[str] = set()
         self._server = Reading(None, _FORGOTTEN, 0)
-        # user generation key -> (value, the request number when it was first seen)
-        self._user_since: LRUCache[str, tuple[int | None, int]] = LRUCache(maxsize=65536)
+        # user generation key -> its value and the request number when it was first seen
+        self._user_since: LRUCache[str, Reading] = LRUCache(maxsize=65536)
 
     def next_request(self) -> int:
         self._request += 1
@@ -110,10 +110,10 @@ class Readings:
         numbered above it was sent after the value was current in Valkey.
         """
         known = self._user_since.get(user_key)
-        if known is not None and known[0] == value and value is not None:
-            return known[1]
+        if known is not None and known.value == value and value is not None:
+            return known.request
         request = self.next_request()
-        self._user_since[user_key] = (value, request)
+        self._user_since[user_key] = Reading(value, 0.0, request)
         return request
 
     # -- the server epoch -------------------------------------------------------------

@@ -17,36 +17,17 @@ from typing import Any
 from uuid import UUID
 
 from ....errors import CacheSettingsError
-from ....logs import LogThrottle
-from ....tiered.broadcast import Broadcast
-from ....tiered.bumps import Bumps
-from ....tiered.commands import Commands
-from ....tiered.envelope import EnvelopeReader
-from ....tiered.failures import Failures
-from ....tiered.fills import FillQueue
-from ....tiered.local import MISS, LocalTier
-from ....tiered.readings import Readings
-from ....tiered.remote import Remote
+from ....tiered.local import MISS
 from ....tiered.stats import CacheStats
-from ....tiered.tasks import Background
 from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
 from ....validation import validate_name, validate_scope, validate_user_id
-from .generations import ViewGenerations
-from .invalidation import Invalidation, targets_of
-from .lookup import Lookup
-from .policy_names import PolicyNames
-from .read_path import Loader, ReadPath
-from .recompose import Recomposer
-from .renewal import Renewal
+from .compose import compose
+from .invalidation import targets_of
+from .read_path import Loader
 from .settings import CacheSettings
-from .shared_parts import SharedLoader, SharedParts
-from .store import Store
+from .shared_parts import SharedLoader
 
 __all__ = ["AppConfigFragmentCacheSource", "Loader", "SharedLoader"]
-
-
-def _owner(view: AppConfigData) -> tuple[UUID, str]:
-    return view.user_id, view.name
 
 
 class AppConfigFragmentCacheSource:
@@ -94,7 +75,7 @@ class AppConfigFragmentCacheSource:
         broadcast: bool = False,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        s = CacheSettings(
+        settings = CacheSettings(
             ttl=ttl, local_ttl=local_ttl, local_maxsize=local_maxsize, timeout=timeout,
             probe_timeout=probe_timeout, max_value_bytes=max_value_bytes,
             breaker_window=breaker_window, breaker_threshold=breaker_threshold,
@@ -103,78 +84,28 @@ class AppConfigFragmentCacheSource:
             wait_replicas=wait_replicas, wait_timeout=wait_timeout, broadcast=broadcast,
             timer=timer,
         )  # fmt: skip
-        s.check_client(valkey_client)
+        settings.check_client(valkey_client)
         self.client = valkey_client
         self.ttl, self.local_ttl, self.max_value_bytes = ttl, local_ttl, max_value_bytes
         self.wait_replicas = wait_replicas
-        self._settings = s
-        self._compose(valkey_client, s)
-
-    def _compose(self, client: Any, s: CacheSettings) -> None:
-        """Build the collaborators; each owns its state, and data flows one way."""
-        timer = s.timer
-        self._stats = stats = CacheStats()
-        failures = Failures(stats, LogThrottle(s.log_interval, timer))
-        self._background = background = Background()
-        readings = Readings(s.local_ttl)
-        self._remote = remote = Remote(
-            client, s.breaker(), stats, timeout=s.timeout, probe_timeout=s.probe_timeout
-        )
-        remote.on_unavailable = readings.forget_epoch  # a connection failure may be a restart
-        commands = Commands(client, remote, readings, ttl=s.ttl)
-        self._local = local = LocalTier[AppConfigData](
-            s.local_maxsize, s.local_ttl, timer, readings, max_life=s.ttl
-        )
-        self._broadcast = Broadcast(client) if s.broadcast else None
-        self._bumps = bumps = Bumps(
-            commands, readings, background, stats, failures, broadcast=self._broadcast,
-            wait_replicas=s.wait_replicas, wait_ms=s.wait_ms, timer=timer,
-        )  # fmt: skip
-        generations = ViewGenerations(readings, commands, failures)
-        envelopes = EnvelopeReader(
-            AppConfigData.model_validate_json, _owner,
-            memo_size=s.parse_memo_size, failures=failures, stats=stats,
-        )  # fmt: skip
-        fills = FillQueue(commands, background, stats, failures)
-        store = Store(
-            local, readings, envelopes, fills, stats,
-            local_ttl=s.local_ttl, max_value_bytes=s.max_value_bytes,
-        )  # fmt: skip
-        lookup = Lookup(
-            local, readings, commands, generations, envelopes, store, stats, failures,
-            local_ttl=s.local_ttl,
-        )  # fmt: skip
-        self._renewal = renewal = Renewal(
-            local, readings, generations, bumps, remote, background, stats, timer
-        )
-        recomposer = Recomposer(
-            local, readings, generations, envelopes, SharedParts(readings, stats), renewal,
-            store, stats, timer,
-        )  # fmt: skip
-        self._read_path = ReadPath(
-            local, bumps, remote, renewal, recomposer, lookup, store, background, stats, timer,
-        )  # fmt: skip
-        self._lookup, self._store = lookup, store
-        self._policy_names = PolicyNames(
-            local, readings, commands, bumps, stats, failures, local_ttl=s.local_ttl, timer=timer
-        )
-        self._invalidation = Invalidation(local, readings, bumps, self._policy_names)
-        if self._broadcast is not None:
-            self._broadcast.on_message = self._invalidation.apply_remote
+        self._timer = timer
+        self._parts = parts = compose(valkey_client, settings)
+        # the L1 hit path reads these on every call: one attribute lookup each
+        self._local, self._stats, self._renewal = parts.local, parts.stats, parts.renewal
 
     # -- observability ------------------------------------------------------------
 
     @property
     def stats(self) -> CacheStats:
         """The counters of this instance (breaker state included)."""
-        stats = self._stats
-        stats.breaker_state = self._remote.breaker.state.value
-        stats.breaker_opens = self._remote.breaker.opens
-        stats.pending_bumps = self._bumps.pending
-        stats.l1_renewals = self._local.renewals
-        if self._broadcast is not None:
-            stats.broadcast = self._broadcast.state
-            stats.broadcast_received = self._broadcast.received
+        stats, parts = self._stats, self._parts
+        stats.breaker_state = parts.remote.breaker.state.value
+        stats.breaker_opens = parts.remote.breaker.opens
+        stats.pending_bumps = parts.bumps.pending
+        stats.l1_renewals = parts.local.renewals
+        if parts.broadcast is not None:
+            stats.broadcast = parts.broadcast.state
+            stats.broadcast_received = parts.broadcast.received
         return stats
 
     def local_size(self) -> int:
@@ -189,10 +120,10 @@ class AppConfigFragmentCacheSource:
         hit = self.local_get(uid, name)
         if hit is not MISS:
             return hit  # type: ignore[return-value]
-        if not await self._bumps.catch_up():
+        if not await self._parts.bumps.catch_up():
             self._stats.l2_skipped += 1
             return None
-        looked = await self._lookup.find(uid, [name], self._local.version, self._settings.timer())
+        looked = await self._parts.lookup.find(uid, [name], self._local.version, self._timer())
         return None if looked is None else looked.found.get(name)
 
     async def set_merged_config(self, user_id: UUID, name: str, merged: AppConfigData) -> None:
@@ -206,14 +137,14 @@ class AppConfigFragmentCacheSource:
         validate_name(name)
         if merged.user_id != uid or merged.name != name:
             raise CacheSettingsError("merged view belongs to another user or name")
-        version, timer = self._local.version, self._settings.timer
+        version, timer = self._local.version, self._timer
         plan = None
-        if await self._bumps.catch_up():
-            looked = await self._lookup.find(uid, [name], version, timer())
+        if await self._parts.bumps.catch_up():
+            looked = await self._parts.lookup.find(uid, [name], version, timer())
             if looked is not None:
-                plan = await self._lookup.plan(uid, [name], looked)
+                plan = await self._parts.lookup.plan(uid, [name], looked)
         domain = self._local.domains.get(uid)  # the lookup may have learnt it
-        self._store.put_computed(uid, {name: merged}, {}, domain, plan, version, timer())
+        self._parts.store.put_computed(uid, {name: merged}, {}, domain, plan, version, timer())
 
     async def invalidate_for_scope(
         self, scope_type: AppConfigScopeType | str, scope_id: str
@@ -223,11 +154,11 @@ class AppConfigFragmentCacheSource:
 
     async def invalidate_for_policy(self, config_name: str) -> None:
         """Drop every view of ``config_name`` (and the cached list of policy names)."""
-        await self._invalidation.policy(config_name)
+        await self._parts.invalidation.policy(config_name)
 
     def invalidate_for_policy_nowait(self, config_name: str) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write)."""
-        self._invalidation.policy_nowait(config_name)
+        self._parts.invalidation.policy_nowait(config_name)
 
     # -- what the repository calls ------------------------------------------------
 
@@ -244,7 +175,7 @@ class AppConfigFragmentCacheSource:
 
     async def invalidate_scopes(self, scopes: Iterable[tuple[AppConfigScopeType, str]]) -> None:
         """Invalidate validated scopes: L1 first, then one Valkey round trip for all."""
-        await self._invalidation.targets(list(scopes))
+        await self._parts.invalidation.targets(list(scopes))
 
     async def invalidate_keys(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate what writes to these (validated) fragment keys changed.
@@ -252,14 +183,14 @@ class AppConfigFragmentCacheSource:
         Like :meth:`invalidate_scopes`, except that a public fragment only
         drops its own name's views (the name generation), not every document.
         """
-        await self._invalidation.targets(targets_of(keys))
+        await self._parts.invalidation.targets(targets_of(keys))
 
     def invalidate_keys_nowait(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write).
 
         Until the next read replays them, this process does not trust Valkey.
         """
-        self._invalidation.targets_nowait(targets_of(keys))
+        self._parts.invalidation.targets_nowait(targets_of(keys))
 
     async def read_through(
         self,
@@ -294,28 +225,28 @@ class AppConfigFragmentCacheSource:
         recomposed from the domain's shared fragments (one query per domain and
         generation, shared by all its users) instead of a query per user.
         """
-        if self._broadcast is not None:
-            self._broadcast.ensure_started()
-        return await self._read_path.resolve(user_id, names, loader, shared)
+        if self._parts.broadcast is not None:
+            self._parts.broadcast.ensure_started()
+        return await self._parts.read_path.resolve(user_id, names, loader, shared)
 
     async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``."""
-        return await self._policy_names.get(loader)
+        return await self._parts.policy_names.get(loader)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Subscribe to the invalidation broadcast now (it starts lazily otherwise)."""
-        if self._broadcast is not None:
-            await self._broadcast.wait_subscribed()
+        if self._parts.broadcast is not None:
+            await self._parts.broadcast.wait_subscribed()
 
     async def drain(self) -> None:
         """Wait until background loads, fills, refreshes and replays have finished."""
-        await self._background.drain()
+        await self._parts.background.drain()
 
     async def aclose(self) -> None:
         """Wait for background work, stop the probe and the subscription. Keeps the client."""
         await self.drain()
-        await self._remote.aclose()
-        if self._broadcast is not None:
-            await self._broadcast.aclose()
+        await self._parts.remote.aclose()
+        if self._parts.broadcast is not None:
+            await self._parts.broadcast.aclose()

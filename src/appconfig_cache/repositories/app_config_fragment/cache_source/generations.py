@@ -17,7 +17,7 @@ from ....tiered import keys
 from ....tiered.bumps import gen_base
 from ....tiered.commands import Commands
 from ....tiered.failures import Failures
-from ....tiered.local import Gens
+from ....tiered.keys import Gens
 from ....tiered.readings import Readings
 
 

@@ -138,7 +138,7 @@ class Lookup:
                 if (
                     header.user_scope is not None
                     and user_gen is not None
-                    and header.gens[3] == user_gen
+                    and header.gens.user == user_gen
                     and header.epoch == server_epoch
                 ):
                     reusable[name] = candidate  # only shared scopes changed

@@ -44,6 +44,9 @@ _Started = list[tuple[str, Flight[AppConfigData]]]
 class ReadPath:
     """Flights of view loads, and the steps a leader takes for the names it loads."""
 
+    #: a lone flight (nothing to join) is led in the caller's task, without a task switch
+    lead_inline = True
+
     def __init__(
         self,
         local: LocalTier[AppConfigData],
@@ -87,7 +90,7 @@ class ReadPath:
         if lead:
             version = local.version
             started = [(name, self._flights.start((user_id, name), version)) for name in lead]
-            if not waits:
+            if not waits and self.lead_inline:
                 # Nothing to join: load in this task, without a task switch. If this
                 # caller is cancelled, its flights are cancelled and joiners take over.
                 await self._lead(user_id, started, loader, version, shared)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 from uuid import UUID
 
 from ....merge import build_view
@@ -35,8 +36,12 @@ from .renewal import Renewal
 from .shared_parts import SharedLoader, SharedParts
 from .store import Store
 
-#: an old view and whether its chain had the user scope
-_Old = tuple[AppConfigData, bool]
+
+class _Old(NamedTuple):
+    """An old view, and whether its chain had the user scope."""
+
+    view: AppConfigData
+    had_user_scope: bool
 
 
 class Recomposer:
@@ -100,7 +105,7 @@ class Recomposer:
             key = (entry.domain, gens.user, current.gens.public, current.gens.domain)
             under = under or key
             if key == under:
-                olds[name] = (entry.value, bool(entry.user_scope))
+                olds[name] = _Old(entry.value, bool(entry.user_scope))
                 fresh[name] = current.gens.name
                 read_at = min(read_at, current.oldest)
                 after = max(after, entry.request)
@@ -143,7 +148,7 @@ class Recomposer:
             if (found := looked.reusable.get(name)) is not None
             and found.header.domain == domain
             # A public-scope invalidation (the operators' flush) reloads everything.
-            and found.header.gens[0] == plan.public
+            and found.header.gens.public == plan.public
         ]
         if not candidates:
             return {}
@@ -163,14 +168,14 @@ class Recomposer:
             current = self._generations.current(name, domain, plan.user, now)
             if (
                 current is None
-                or current.gens.public != header.gens[0]
+                or current.gens.public != header.gens.public
                 or self._readings.epoch(now) != server
             ):
                 continue
             old = self._envelopes.value(user_id, name, candidate.raw, header)
             if old is not None:
                 fresh[name] = current.gens.name
-                olds[name] = (old, bool(header.user_scope))
+                olds[name] = _Old(old, bool(header.user_scope))
                 public, domain_gen = current.gens.public, current.gens.domain
                 read_at = min(read_at, current.oldest)
         if not olds:
