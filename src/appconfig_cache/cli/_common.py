@@ -15,6 +15,7 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "Progress",
+    "add_command",
     "database_url_for",
     "describe_url",
     "valkey_client_for",
@@ -56,6 +57,11 @@ def number_arg(convert: Callable[[str], _N], minimum: _N) -> Callable[[str], _N]
     return parse
 
 
+positive_int = number_arg(int, 1)
+non_negative_int = number_arg(int, 0)
+non_negative_float = number_arg(float, 0.0)
+
+
 def checked_arg(check: Callable[[str], _V]) -> Callable[[str], _V]:
     """An argparse ``type=`` from a library validator: its error becomes the usage error."""
     from ..errors import AppConfigValidationError
@@ -67,6 +73,19 @@ def checked_arg(check: Callable[[str], _V]) -> Callable[[str], _V]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
+
+
+def add_command(
+    commands: Any, name: str, *, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``description`` keeps its own line breaks."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
 
 
 def one_line(exc: BaseException) -> str:

@@ -17,12 +17,15 @@ from ._common import (
     EXIT_USAGE,
     CliError,
     Progress,
+    add_command,
     database_error,
     database_url_for,
     describe_url,
-    number_arg,
+    non_negative_float,
+    non_negative_int,
     one_line,
     ping_valkey,
+    positive_int,
     valkey_client_for,
 )
 
@@ -54,17 +57,12 @@ Valkey, so give it a throwaway Valkey database.
 """
 
 
-_positive = number_arg(int, 1)
-_non_negative_int = number_arg(int, 0)
-_non_negative_float = number_arg(float, 0.0)
-
-
 def add_parser(commands: Any) -> None:
-    p = commands.add_parser(
+    p = add_command(
+        commands,
         "demo",
-        help="seed an org and compare DB only, Valkey only and L1 + Valkey (the main job)",
+        summary="seed an org and compare DB only, Valkey only and L1 + Valkey (the main job)",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--valkey-url", metavar="URL", help="use this Valkey instead of an embedded one")
     p.add_argument(
@@ -73,20 +71,20 @@ def add_parser(commands: Any) -> None:
         help="use this PostgreSQL (postgresql://user:pass@host/db) instead of an embedded one",
     )
     p.add_argument(
-        "--domains", type=_positive, metavar="N", help=f"domains (default {DEFAULTS['domains']})"
+        "--domains", type=positive_int, metavar="N", help=f"domains (default {DEFAULTS['domains']})"
     )
     p.add_argument(
-        "--users", type=_positive, metavar="N", help=f"users (default {DEFAULTS['users']:,})"
+        "--users", type=positive_int, metavar="N", help=f"users (default {DEFAULTS['users']:,})"
     )
     p.add_argument(
         "--requests",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help=f"read requests per mode (default {DEFAULTS['requests']:,})",
     )
     p.add_argument(
         "--concurrency",
-        type=_positive,
+        type=positive_int,
         default=48,
         metavar="N",
         help="concurrent sessions (default 48)",
@@ -103,14 +101,14 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument(
         "--local-ttl",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=2.0,
         metavar="SECONDS",
         help="L1 lifetime in the L1 + Valkey mode (default 2.0, the library's default)",
     )
     p.add_argument(
         "--admin-events",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1,
         metavar="N",
         help=(

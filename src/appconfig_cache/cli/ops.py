@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..tiered import keys as K
@@ -13,11 +15,12 @@ from ..validation import validate_name, validate_scope, validate_user_id
 from ._common import (
     EXIT_OK,
     CliError,
+    add_command,
     checked_arg,
     database_error,
     database_url_for,
     describe_url,
-    number_arg,
+    non_negative_int,
     one_line,
     ping_valkey,
     valkey_client_for,
@@ -53,17 +56,15 @@ _KINDS = ("merged", "gen", "user_domain", "other")
 _user_arg = checked_arg(validate_user_id)
 _domain_arg = checked_arg(lambda text: validate_scope(AppConfigScopeType.DOMAIN, text)[1])
 _name_arg = checked_arg(validate_name)
-_sample_arg = number_arg(int, 0)
 
 
 def add_parsers(commands: Any) -> None:
-    inv = commands.add_parser(
+    inv = _valkey_command(
+        commands,
         "invalidate",
-        help="bump the generation of a user, a domain, the public scope or a config name",
+        summary="bump the generation of a user, a domain, the public scope or a config name",
         description=INVALIDATE_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inv.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
     which = inv.add_mutually_exclusive_group(required=True)
     which.add_argument("--user", type=_user_arg, metavar="UUID", help="one user's views")
     which.add_argument(
@@ -76,16 +77,15 @@ def add_parsers(commands: Any) -> None:
     inv.add_argument("--json", action="store_true", help="print the result as JSON")
     inv.set_defaults(handler=_run_invalidate)
 
-    st = commands.add_parser(
+    st = _valkey_command(
+        commands,
         "stats",
-        help="count the cache's keys in Valkey and show the generations",
+        summary="count the cache's keys in Valkey and show the generations",
         description=STATS_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    st.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
     st.add_argument(
         "--sample",
-        type=_sample_arg,
+        type=non_negative_int,
         default=200,
         metavar="N",
         help="keys per kind whose MEMORY USAGE is asked (default 200, 0 skips memory)",
@@ -117,6 +117,29 @@ def add_parsers(commands: Any) -> None:
     create.set_defaults(handler=_run_schema_create)
 
 
+def _valkey_command(
+    commands: Any, name: str, *, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A command that works on the cache's Valkey, given by the required ``--valkey-url``."""
+    parser = add_command(commands, name, summary=summary, description=description)
+    parser.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
+    return parser
+
+
+@contextlib.asynccontextmanager
+async def _valkey_session(client: Any, url: str) -> AsyncIterator[None]:
+    """Ping Valkey, run the block, close the client; any failure becomes one line."""
+    try:
+        await ping_valkey(client, url)
+        yield
+    except CliError:
+        raise
+    except Exception as exc:
+        raise CliError(f"Valkey at {describe_url(url)}: {one_line(exc)}") from None
+    finally:
+        await client.aclose()
+
+
 # -- invalidate ----------------------------------------------------------------------------
 
 
@@ -137,8 +160,7 @@ def _run_invalidate(args: argparse.Namespace) -> int:
 async def _invalidate(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     from ..repositories.app_config_fragment import AppConfigFragmentCacheSource
 
-    try:
-        await ping_valkey(client, args.valkey_url)
+    async with _valkey_session(client, args.valkey_url):
         if args.user is not None:
             target = f"user {args.user}"
             gen_keys = [K.user_gen_key(args.user)]
@@ -171,12 +193,6 @@ async def _invalidate(client: Any, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await cache.aclose()
         after = await client.mget(gen_keys)
-    except CliError:
-        raise
-    except Exception as exc:
-        raise CliError(f"Valkey at {describe_url(args.valkey_url)}: {one_line(exc)}") from None
-    finally:
-        await client.aclose()
     return {
         "target": target,
         "generations": {
@@ -246,8 +262,7 @@ def _human_bytes(n: int) -> str:
 
 
 async def _stats(client: Any, args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        await ping_valkey(client, args.valkey_url)
+    async with _valkey_session(client, args.valkey_url):
         counts = dict.fromkeys(_KINDS, 0)
         gen_counts = {"domain": 0, "name": 0, "user": 0}
         # One reservoir sample per kind, so a kind with few keys is still measured.
@@ -283,12 +298,6 @@ async def _stats(client: Any, args: argparse.Namespace) -> dict[str, Any]:
                 memory[kind] = round(sum(sizes) / len(sizes) * counts[kind]) if sizes else 0
             memory["total"] = sum(memory.values())
         public, policies = await client.mget([K.PUBLIC_GEN, K.POLICIES_GEN])
-    except CliError:
-        raise
-    except Exception as exc:
-        raise CliError(f"Valkey at {describe_url(args.valkey_url)}: {one_line(exc)}") from None
-    finally:
-        await client.aclose()
     return {
         "valkey": describe_url(args.valkey_url),
         "prefix": K.PREFIX,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,19 +29,13 @@ class AppConfigPolicyRepository:
         self, config_name: str, scope_sources: Sequence[AppConfigScopeType | str]
     ) -> AppConfigPolicyData:
         """Create the policy of ``config_name``; ``PolicyAlreadyExistsError`` if it exists."""
-        name = validate_name(config_name)
-        chain = validate_scope_sources(scope_sources)
-        async with self._invalidating(name):
-            return await self._db.create(name, chain)
+        return await self._write_chain(self._db.create, config_name, scope_sources)
 
     async def update(
         self, config_name: str, scope_sources: Sequence[AppConfigScopeType | str]
     ) -> AppConfigPolicyData:
         """Replace the merge chain; ``PolicyNotFoundError`` if there is no policy."""
-        name = validate_name(config_name)
-        chain = validate_scope_sources(scope_sources)
-        async with self._invalidating(name):
-            return await self._db.update(name, chain)
+        return await self._write_chain(self._db.update, config_name, scope_sources)
 
     async def purge(self, config_name: str) -> None:
         """Delete the policy; ``PolicyInUseError`` while fragments reference it."""
@@ -51,6 +45,18 @@ class AppConfigPolicyRepository:
 
     async def get(self, config_name: str) -> AppConfigPolicyData | None:
         return await self._db.get(validate_name(config_name))
+
+    async def _write_chain(
+        self,
+        write: Callable[[str, tuple[AppConfigScopeType, ...]], Awaitable[AppConfigPolicyData]],
+        config_name: str,
+        scope_sources: Sequence[AppConfigScopeType | str],
+    ) -> AppConfigPolicyData:
+        """Validate the name and the chain, write them, then invalidate the name."""
+        name = validate_name(config_name)
+        chain = validate_scope_sources(scope_sources)
+        async with self._invalidating(name):
+            return await write(name, chain)
 
     @contextlib.asynccontextmanager
     async def _invalidating(self, name: str) -> AsyncIterator[None]:

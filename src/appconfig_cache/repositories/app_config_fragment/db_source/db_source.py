@@ -279,10 +279,7 @@ class AppConfigFragmentDBSource:
             .on_conflict_do_nothing(constraint="uq_app_config_fragment_key")
             .returning(*_FRAGMENT_COLUMNS)
         )
-        row = (await conn.execute(stmt)).one_or_none()
-        if row is None:
-            raise ItemFailure("already_exists", f"fragment {_describe(key)} already exists")
-        return _fragment(row)
+        return await _one_fragment(conn, stmt, key, "already_exists", "already exists")
 
     async def update(
         self, conn: AsyncConnection, key: AppConfigFragmentKey, config: dict[str, Any]
@@ -294,19 +291,23 @@ class AppConfigFragmentDBSource:
             .values(config=config, updated_at=sa.func.now())
             .returning(*_FRAGMENT_COLUMNS)
         )
-        row = (await conn.execute(stmt)).one_or_none()
-        if row is None:
-            raise ItemFailure("not_found", f"fragment {_describe(key)} does not exist")
-        return _fragment(row)
+        return await _one_fragment(conn, stmt, key, "not_found", "does not exist")
 
     async def purge(
         self, conn: AsyncConnection, key: AppConfigFragmentKey
     ) -> AppConfigFragmentData:
         stmt = sa.delete(fragments).where(_key_filter(key)).returning(*_FRAGMENT_COLUMNS)
-        row = (await conn.execute(stmt)).one_or_none()
-        if row is None:
-            raise ItemFailure("not_found", f"fragment {_describe(key)} does not exist")
-        return _fragment(row)
+        return await _one_fragment(conn, stmt, key, "not_found", "does not exist")
+
+
+async def _one_fragment(
+    conn: AsyncConnection, stmt: sa.Executable, key: AppConfigFragmentKey, code: str, missing: str
+) -> AppConfigFragmentData:
+    """The fragment a ``RETURNING`` write gives back; no row fails the item with ``code``."""
+    row = (await conn.execute(stmt)).one_or_none()
+    if row is None:
+        raise ItemFailure(code, f"fragment {_describe(key)} {missing}")
+    return _fragment(row)
 
 
 def _describe(key: AppConfigFragmentKey) -> str:

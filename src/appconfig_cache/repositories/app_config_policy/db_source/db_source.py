@@ -53,11 +53,7 @@ class AppConfigPolicyDBSource:
             .on_conflict_do_nothing(index_elements=[policies.c.config_name])
             .returning(*_COLUMNS)
         )
-        try:
-            async with self._engine.begin() as conn:
-                row = (await conn.execute(stmt)).one_or_none()
-        except (SQLAlchemyError, OSError) as exc:
-            raise AppConfigStorageError(f"policy create failed: {exc}") from exc
+        row = await self._write_returning(stmt, "create")
         if row is None:
             raise PolicyAlreadyExistsError(f"a policy for {name!r} already exists")
         return _policy(row)
@@ -69,14 +65,18 @@ class AppConfigPolicyDBSource:
             .values(scope_sources=[s.value for s in chain], updated_at=sa.func.now())
             .returning(*_COLUMNS)
         )
-        try:
-            async with self._engine.begin() as conn:
-                row = (await conn.execute(stmt)).one_or_none()
-        except (SQLAlchemyError, OSError) as exc:
-            raise AppConfigStorageError(f"policy update failed: {exc}") from exc
+        row = await self._write_returning(stmt, "update")
         if row is None:
             raise PolicyNotFoundError(f"no policy for {name!r}")
         return _policy(row)
+
+    async def _write_returning(self, stmt: sa.Executable, action: str) -> sa.Row[Any] | None:
+        """Run one ``RETURNING`` write in its own transaction; its row, or ``None``."""
+        try:
+            async with self._engine.begin() as conn:
+                return (await conn.execute(stmt)).one_or_none()
+        except (SQLAlchemyError, OSError) as exc:
+            raise AppConfigStorageError(f"policy {action} failed: {exc}") from exc
 
     async def purge(self, name: str) -> None:
         referenced = sa.exists().where(fragments.c.name == name)
