@@ -125,6 +125,16 @@ def add_parser(commands: Any) -> None:
             f"{QUICK['users']} users, {QUICK['requests']:,} requests per mode"
         ),
     )
+    p.add_argument(
+        "--modes",
+        type=_modes_arg,
+        default=[mode for mode, _label in MODES],
+        metavar="MODE[,MODE]",
+        help=(
+            "which modes to run, of " + ", ".join(mode for mode, _ in MODES) + " (default: all; "
+            "the speed-ups need db_only)"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
     p.add_argument(
@@ -133,6 +143,14 @@ def add_parser(commands: Any) -> None:
         help="draw progress bars even when stderr is not a terminal (never with --json)",
     )
     p.set_defaults(handler=run)
+
+
+def _modes_arg(text: str) -> list[str]:
+    known = [mode for mode, _label in MODES]
+    chosen = [mode.strip() for mode in text.split(",") if mode.strip()]
+    if not chosen or any(mode not in known for mode in chosen):
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(known)}, comma-separated")
+    return [mode for mode in known if mode in chosen]  # always in the demo's order
 
 
 def run(args: argparse.Namespace) -> int:
@@ -275,6 +293,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
 
         results = []
         for mode, label in MODES:
+            if mode not in args.modes:
+                continue
             cache = None
             client = None
             clock = PausableClock()

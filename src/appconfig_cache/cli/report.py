@@ -58,8 +58,13 @@ def mode_figures(result: ModeResult, *, l1_enabled: bool) -> dict[str, Any]:
 def summarize(results: list[tuple[ModeResult, bool]], setup: dict[str, Any]) -> dict[str, Any]:
     """Everything the demo reports: setup, per-mode figures, speed-ups, verdict."""
     modes = [mode_figures(result, l1_enabled=l1) for result, l1 in results]
-    base = modes[0]["req_per_s"] if modes else 0.0
-    speedup = {m["mode"]: (m["req_per_s"] / base if base else None) for m in modes[1:]}
+    base = next((m["req_per_s"] for m in modes if m["mode"] == "db_only"), 0.0)
+    # without the DB-only mode (demo --modes) there is nothing to compare with
+    speedup = {
+        m["mode"]: (m["req_per_s"] / base if base else None)
+        for m in modes
+        if m["mode"] != "db_only" and any(m["mode"] == "db_only" for m in modes)
+    }
     stale = sum(m["stale_reads"] for m in modes)
     return {
         **setup,
@@ -97,7 +102,8 @@ def text_report(summary: dict[str, Any]) -> str:
         for mode, value in summary["speedup_vs_db_only"].items()
         if value is not None
     ]
-    lines += ["", "speed-up vs DB only (req/s): " + ", ".join(ups)]
+    if ups:
+        lines += ["", "speed-up vs DB only (req/s): " + ", ".join(ups)]
     checked = sum(m["checked_reads"] for m in summary["modes"])
     unsure = sum(m["inconclusive_reads"] for m in summary["modes"])
     lines.append(
@@ -143,7 +149,8 @@ def write_plot(summary: dict[str, Any], path: str) -> None:
     modes = summary["modes"]
     labels = [m["label"] for m in modes]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(labels, [m["req_per_s"] for m in modes], color=["#888888", "#cc6633", "#3366cc"])
+    colours = {"db_only": "#888888", "valkey_only": "#cc6633", "l1_valkey": "#3366cc"}
+    left.bar(labels, [m["req_per_s"] for m in modes], color=[colours[m["mode"]] for m in modes])
     left.set_title("requests per second (higher is better)")
     positions = range(len(labels))
     right.bar([p - 0.2 for p in positions], [m["p50_ms"] for m in modes], 0.4, label="p50")
