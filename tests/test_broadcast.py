@@ -12,7 +12,7 @@ from appconfig_cache import (
     CacheSettingsError,
     MyFragmentInput,
 )
-from helpers import add_policy, add_user
+from tests.support.data import add_policy, add_user
 
 
 class Clock:

@@ -20,14 +20,13 @@ from appconfig_cache import (
     AppConfigScopeType,
 )
 from appconfig_cache.merge import deep_merge
-from helpers import (
+from tests.support.data import add_policy, add_user
+from tests.support.fragments import (
     ALL_SCOPES,
     DOMAIN,
     DOMAIN_USER_DEFAULTS,
     PUBLIC,
     USER,
-    add_policy,
-    add_user,
     domain_defaults_fragment,
     domain_fragment,
     fragment_input,

@@ -1,0 +1,79 @@
+"""Scope constants and fragment builders."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from appconfig_cache import (
+    AppConfigFragmentKey,
+    AppConfigScopeType,
+    FragmentInput,
+    MyFragmentInput,
+)
+
+PUBLIC = AppConfigScopeType.PUBLIC
+DOMAIN = AppConfigScopeType.DOMAIN
+DOMAIN_USER_DEFAULTS = AppConfigScopeType.DOMAIN_USER_DEFAULTS
+USER = AppConfigScopeType.USER
+#: every scope type, low to high priority in the usual chain
+ALL_SCOPES: tuple[AppConfigScopeType, ...] = (PUBLIC, DOMAIN, DOMAIN_USER_DEFAULTS, USER)
+
+
+def scope_id_of(scope_type: AppConfigScopeType, uid: uuid.UUID, domain: str) -> str:
+    """The scope id a user in ``domain`` reads at ``scope_type``."""
+    if scope_type is PUBLIC:
+        return "public"
+    if scope_type is USER:
+        return str(uid)
+    return domain
+
+
+def fragment_key(
+    scope_type: AppConfigScopeType | str, scope_id: str, name: str
+) -> AppConfigFragmentKey:
+    return AppConfigFragmentKey(
+        scope_type=AppConfigScopeType(scope_type), scope_id=scope_id, name=name
+    )
+
+
+def fragment_input(
+    scope_type: AppConfigScopeType | str, scope_id: str, name: str, config: dict[str, Any]
+) -> FragmentInput:
+    return FragmentInput(key=fragment_key(scope_type, scope_id, name), config=config)
+
+
+def public_fragment(name: str, config: dict[str, Any]) -> FragmentInput:
+    return fragment_input(PUBLIC, "public", name, config)
+
+
+def domain_fragment(domain: str, name: str, config: dict[str, Any]) -> FragmentInput:
+    return fragment_input(DOMAIN, domain, name, config)
+
+
+def domain_defaults_fragment(domain: str, name: str, config: dict[str, Any]) -> FragmentInput:
+    return fragment_input(DOMAIN_USER_DEFAULTS, domain, name, config)
+
+
+def user_fragment(uid: uuid.UUID, name: str, config: dict[str, Any]) -> FragmentInput:
+    return fragment_input(USER, str(uid), name, config)
+
+
+def my_fragment(name: str, config: dict[str, Any]) -> MyFragmentInput:
+    return MyFragmentInput(name=name, config=config)
+
+
+def raw_my_fragment(name: Any, config: Any) -> MyFragmentInput:
+    """A ``MyFragmentInput`` that skips pydantic, to reach the library's own validation."""
+    return MyFragmentInput.model_construct(name=name, config=config)
+
+
+def raw_fragment_input(scope_type: Any, scope_id: Any, name: Any, config: Any) -> FragmentInput:
+    """A ``FragmentInput`` that skips pydantic, to reach the library's own validation."""
+    return FragmentInput.model_construct(
+        key=raw_fragment_key(scope_type, scope_id, name), config=config
+    )
+
+
+def raw_fragment_key(scope_type: Any, scope_id: Any, name: Any) -> AppConfigFragmentKey:
+    return AppConfigFragmentKey.model_construct(scope_type=scope_type, scope_id=scope_id, name=name)
