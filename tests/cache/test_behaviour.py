@@ -27,32 +27,33 @@ from appconfig_cache import (
     InvalidUserIdError,
     MyFragmentInput,
 )
-from helpers import raw_fragment_input, raw_my_fragment
-
-from .conftest import (
+from tests.support.data import add_users
+from tests.support.envelopes import join_envelope, split_envelope
+from tests.support.fragments import (
     ALL_SCOPES,
     DOMAIN,
-    DUD,
-    LOCAL_TTL,
+    DOMAIN_USER_DEFAULTS,
     PUBLIC,
     USER,
+    fragment_input,
+    fragment_key,
+    raw_fragment_input,
+    raw_my_fragment,
+    scope_id_of,
+)
+from tests.support.internals import db_source_of, l1_entries
+from tests.support.sql import count_sql
+from tests.support.valkey import commandstats, commandstats_delta, incr_calls
+
+from .conftest import (
+    LOCAL_TTL,
+    FourUsers,
     Tiers,
-    World,
-    add_users,
     assert_transparent,
     build_tiers,
-    commandstats,
-    count_sql,
-    finput,
-    fkey,
     hang_guard,
-    incr_calls,
-    join_envelope,
-    make_world,
     rebuilt,
-    scope_id_of,
-    split_envelope,
-    stats_delta,
+    seed_four_users,
 )
 
 # -- helpers --------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ async def reads_hit(t: Tiers, pairs: list[tuple[UUID, str]]) -> dict[tuple[UUID,
     return out
 
 
-def affected_users(w: World, scope: AppConfigScopeType) -> set[UUID]:
+def affected_users(w: FourUsers, scope: AppConfigScopeType) -> set[UUID]:
     if scope is PUBLIC:
         return set(w.users)
     if scope is USER:
@@ -104,7 +105,7 @@ def affected_users(w: World, scope: AppConfigScopeType) -> set[UUID]:
     return {w.u1, w.u2}  # d1
 
 
-def every_pair(w: World) -> list[tuple[UUID, str]]:
+def every_pair(w: FourUsers) -> list[tuple[UUID, str]]:
     return [(uid, name) for uid in w.users for name in w.names]
 
 
@@ -113,10 +114,10 @@ def every_pair(w: World) -> list[tuple[UUID, str]]:
 
 async def test_miss_then_hit_returns_the_db_view(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     first = await t.repo.app_config(w.u1, "theme")
     assert first == await t.db.app_config(w.u1, "theme")
-    assert [f.scope_type for f in first.fragments] == ALL_SCOPES
+    assert [f.scope_type for f in first.fragments] == list(ALL_SCOPES)
     assert first.config == {"color": "blue", "font": {"size": 12, "family": "serif"}}
     if t.cache is None:
         return
@@ -141,13 +142,13 @@ async def test_write_at_scope_invalidates_exactly_that_scope(
     tiers: Tiers, scope: AppConfigScopeType
 ) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     if t.cached:
         await prime(t, pairs)
     sid = scope_id_of(scope, w.u1, "d1")
     mark = {f"new_{scope.value}": 1}
-    result = await t.repo.admin_bulk_update([finput(scope, sid, "theme", mark)])
+    result = await t.repo.admin_bulk_update([fragment_input(scope, sid, "theme", mark)])
     assert not result.failures, result.failures
     await assert_transparent(t, w)
     assert (await t.repo.app_config(w.u1, "theme")).config.items() >= mark.items()
@@ -155,7 +156,7 @@ async def test_write_at_scope_invalidates_exactly_that_scope(
         return
     # after the write: the scope's users went to the DB for "theme", nobody else did
     await prime(t, pairs)
-    await t.repo.admin_bulk_update([finput(scope, sid, "theme", {"color": "black"})])
+    await t.repo.admin_bulk_update([fragment_input(scope, sid, "theme", {"color": "black"})])
     hit = await reads_hit(t, pairs)
     touched = affected_users(w, scope)
     for (uid, name), was_hit in hit.items():
@@ -171,7 +172,7 @@ async def test_seed_invalidate_for_scope_drops_that_scope(
 ) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     await prime(t, pairs)
     await t.cache.invalidate_for_scope(scope, scope_id_of(scope, w.u1, "d1"))
@@ -184,7 +185,7 @@ async def test_seed_invalidate_for_scope_drops_that_scope(
 async def test_seed_invalidate_for_policy_drops_that_name(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     await prime(t, pairs)
     await t.cache.invalidate_for_policy("theme")
@@ -197,7 +198,7 @@ async def test_seed_get_set_merged_config(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
     cache = t.cache
-    w = await make_world(t)
+    w = await seed_four_users(t)
     assert await cache.get_merged_config(w.u1, "theme") is None  # miss, no DB
     assert cache.stats.db_loads == 0
     view = await t.db.app_config(w.u1, "theme")
@@ -225,7 +226,7 @@ async def test_seed_get_set_merged_config(cached: Tiers) -> None:
 
 async def test_policy_update_changes_the_chain(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     if t.cached:
         await prime(t, pairs)
@@ -243,7 +244,7 @@ async def test_policy_update_changes_the_chain(tiers: Tiers) -> None:
 
 async def test_policy_create_and_purge(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     uid = w.u1
     # no policy: an empty view, and never cached
     for _ in range(3):
@@ -254,13 +255,13 @@ async def test_policy_create_and_purge(tiers: Tiers) -> None:
         assert await t.valkey.exists(f"app_config:merged:{{{uid}}}:fresh") == 0
     await t.policies.create("fresh", [PUBLIC, USER])
     assert (await t.repo.app_config(uid, "fresh")).fragments == ()
-    await t.repo.admin_bulk_create([finput(PUBLIC, "public", "fresh", {"a": 1})])
+    await t.repo.admin_bulk_create([fragment_input(PUBLIC, "public", "fresh", {"a": 1})])
     await t.repo.bulk_create_my(uid, [MyFragmentInput(name="fresh", config={"b": 2})])
     assert (await t.repo.app_config(uid, "fresh")).config == {"a": 1, "b": 2}
     await assert_transparent(t, w, ("theme", "menu", "fresh"))
     # purge the fragments, then the policy: back to an uncached empty view
     purge = await t.repo.admin_bulk_purge(
-        [fkey(PUBLIC, "public", "fresh"), fkey(USER, str(uid), "fresh")]
+        [fragment_key(PUBLIC, "public", "fresh"), fragment_key(USER, str(uid), "fresh")]
     )
     assert len(purge.successes) == 2
     assert (await t.repo.app_config(uid, "fresh")).fragments == ()
@@ -281,40 +282,42 @@ async def test_policy_create_and_purge(tiers: Tiers) -> None:
 
 # -- I2: read-your-writes after every write verb --------------------------------------------
 
-Write = Callable[[Tiers, World], Awaitable[Any]]
+Write = Callable[[Tiers, FourUsers], Awaitable[Any]]
 
 
 def _admin(verb: str, scope: AppConfigScopeType) -> Write:
-    async def write(t: Tiers, w: World) -> Any:
+    async def write(t: Tiers, w: FourUsers) -> Any:
         sid = scope_id_of(scope, w.u1, "d1")
         if verb == "create":
-            result = await t.repo.admin_bulk_create([finput(scope, sid, "layout", {"v": 2})])
+            result = await t.repo.admin_bulk_create(
+                [fragment_input(scope, sid, "layout", {"v": 2})]
+            )
         elif verb == "update":
-            result = await t.repo.admin_bulk_update([finput(scope, sid, "theme", {"v": 2})])
+            result = await t.repo.admin_bulk_update([fragment_input(scope, sid, "theme", {"v": 2})])
         else:
-            result = await t.repo.admin_bulk_purge([fkey(scope, sid, "theme")])
+            result = await t.repo.admin_bulk_purge([fragment_key(scope, sid, "theme")])
         assert len(result.successes) == 1, result.failures
 
     return write
 
 
-async def _create_my(t: Tiers, w: World) -> Any:
+async def _create_my(t: Tiers, w: FourUsers) -> Any:
     result = await t.repo.bulk_create_my(w.u1, [MyFragmentInput(name="menu", config={"v": 2})])
     assert len(result.successes) == 1, result.failures
     assert result.successes[0] == await t.db.app_config(w.u1, "menu")
 
 
-async def _update_my(t: Tiers, w: World) -> Any:
+async def _update_my(t: Tiers, w: FourUsers) -> Any:
     result = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"v": 2})])
     assert len(result.successes) == 1, result.failures
     assert result.successes[0] == await t.db.app_config(w.u1, "theme")
 
 
-async def _policy_update(t: Tiers, w: World) -> Any:
-    await t.policies.update("theme", [DUD, PUBLIC])
+async def _policy_update(t: Tiers, w: FourUsers) -> Any:
+    await t.policies.update("theme", [DOMAIN_USER_DEFAULTS, PUBLIC])
 
 
-async def _policy_update_drop(t: Tiers, w: World) -> Any:
+async def _policy_update_drop(t: Tiers, w: FourUsers) -> Any:
     await t.policies.update("layout", [PUBLIC, DOMAIN])  # u2's user fragment drops out
 
 
@@ -334,9 +337,9 @@ WRITES: dict[str, Write] = {
 @pytest.mark.parametrize("verb", list(WRITES))
 async def test_read_your_writes_after_every_verb(tiers: Tiers, verb: str) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await AppConfigPolicyRepository(t.engine).create("layout", ALL_SCOPES)
-    await t.db.admin_bulk_create([finput(USER, str(w.u2), "layout", {"v": 1})])
+    await t.db.admin_bulk_create([fragment_input(USER, str(w.u2), "layout", {"v": 1})])
     names = ("theme", "menu", "layout")
     pairs = [(uid, name) for uid in w.users for name in names]
     if t.cached:
@@ -358,7 +361,7 @@ async def test_read_your_writes_after_every_verb(tiers: Tiers, verb: str) -> Non
 
 async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     if t.cached:
         await prime(t, pairs)
@@ -367,14 +370,16 @@ async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Ti
     info_before = await commandstats(t.valkey)
     result = await t.repo.admin_bulk_update(
         [
-            finput(DOMAIN, "d1", "theme", {"color": "red"}),  # ok
-            finput(DOMAIN, "d2", "menu", {"x": 1}),  # scope_not_allowed
-            finput(DUD, "d1", "theme", {"font": {"family": "mono"}}),  # ok, same generation
-            finput(USER, str(w.u3), "theme", {"x": 1}),  # not_found
+            fragment_input(DOMAIN, "d1", "theme", {"color": "red"}),  # ok
+            fragment_input(DOMAIN, "d2", "menu", {"x": 1}),  # scope_not_allowed
+            fragment_input(
+                DOMAIN_USER_DEFAULTS, "d1", "theme", {"font": {"family": "mono"}}
+            ),  # ok, same generation
+            fragment_input(USER, str(w.u3), "theme", {"x": 1}),  # not_found
             raw_fragment_input("user", "not-a-uuid", "theme", {"x": 1}),  # invalid_scope
-            finput(DOMAIN, "d1", "theme", {"color": "pink"}),  # ok, same scope again
+            fragment_input(DOMAIN, "d1", "theme", {"color": "pink"}),  # ok, same scope again
             raw_fragment_input("domain", "d1", "bad name", {"x": 1}),  # invalid_name
-            finput(PUBLIC, "public", "nopolicy", {"x": 1}),  # policy_not_found
+            fragment_input(PUBLIC, "public", "nopolicy", {"x": 1}),  # policy_not_found
         ]
     )
     assert [(f.index, f.code) for f in result.failures] == [
@@ -386,25 +391,28 @@ async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Ti
     ]
     assert [(f.scope_type, f.scope_id) for f in result.successes] == [
         (DOMAIN, "d1"),
-        (DUD, "d1"),
+        (DOMAIN_USER_DEFAULTS, "d1"),
         (DOMAIN, "d1"),
     ]
     info_after = await commandstats(t.valkey)
     await assert_transparent(t, w)
     assert (await t.repo.app_config(w.u1, "theme")).config["color"] == "pink"
     if not t.cached:
-        assert incr_calls(stats_delta(info_before, info_after)) == 0
+        assert incr_calls(commandstats_delta(info_before, info_after)) == 0
         return
     assert t.client is not None
     # one round trip, one INCR: the domain generation of d1, once
     bumps = [call for call in t.client.calls if call.has("incr")]
     assert len(bumps) == 1
     assert bumps[0].keys("incr") == ["app_config:gen:domain:d1"]
-    assert incr_calls(stats_delta(info_before, info_after)) == 1
+    assert incr_calls(commandstats_delta(info_before, info_after)) == 1
     # u3 (d2) and everyone's "menu" stayed cached
     await prime(t, pairs)
     await t.repo.admin_bulk_update(
-        [finput(DOMAIN, "d1", "theme", {"color": "x"}), finput(DOMAIN, "d2", "menu", {})]
+        [
+            fragment_input(DOMAIN, "d1", "theme", {"color": "x"}),
+            fragment_input(DOMAIN, "d2", "menu", {}),
+        ]
     )
     hit = await reads_hit(t, pairs)
     for (uid, _name), was_hit in hit.items():
@@ -413,7 +421,7 @@ async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Ti
 
 async def test_partial_failure_of_my_writes_and_purge(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     pairs = every_pair(w)
     if t.cached:
         await prime(t, pairs)
@@ -433,9 +441,9 @@ async def test_partial_failure_of_my_writes_and_purge(tiers: Tiers) -> None:
     assert [v.config["font"]["size"] for v in result.successes] == [21, 21]
     purge = await t.repo.admin_bulk_purge(
         [
-            fkey(USER, str(w.u2), "menu"),  # ok
-            fkey(USER, str(w.u2), "menu"),  # not_found (just purged)
-            fkey(USER, str(w.u3), "menu"),  # not_found
+            fragment_key(USER, str(w.u2), "menu"),  # ok
+            fragment_key(USER, str(w.u2), "menu"),  # not_found (just purged)
+            fragment_key(USER, str(w.u3), "menu"),  # not_found
         ]
     )
     assert [(f.index, f.code) for f in purge.failures] == [(1, "not_found"), (2, "not_found")]
@@ -448,16 +456,16 @@ async def test_partial_failure_of_my_writes_and_purge(tiers: Tiers) -> None:
         f"app_config:gen:user:{{{w.u1}}}",
         f"app_config:gen:user:{{{w.u2}}}",
     ]
-    assert incr_calls(stats_delta(info_before, info_after)) == 2
+    assert incr_calls(commandstats_delta(info_before, info_after)) == 2
 
 
 async def test_all_failed_bulk_call_touches_no_cache(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await prime(t, every_pair(w))
     assert t.client is not None
     t.client.reset()
-    result = await t.repo.admin_bulk_update([finput(DOMAIN, "d9", "theme", {"x": 1})])
+    result = await t.repo.admin_bulk_update([fragment_input(DOMAIN, "d9", "theme", {"x": 1})])
     assert [f.code for f in result.failures] == ["not_found"]
     assert t.client.calls == []
     hit = await reads_hit(t, every_pair(w))
@@ -467,7 +475,7 @@ async def test_all_failed_bulk_call_touches_no_cache(cached: Tiers) -> None:
 # -- I1: transparency over random sequences -------------------------------------------------
 
 
-async def _random_op(t: Tiers, w: World, rng: random.Random, log: list[str]) -> None:
+async def _random_op(t: Tiers, w: FourUsers, rng: random.Random, log: list[str]) -> None:
     uid = rng.choice(w.users)
     name = rng.choice(w.names)
     scope = rng.choice(ALL_SCOPES)
@@ -484,11 +492,11 @@ async def _random_op(t: Tiers, w: World, rng: random.Random, log: list[str]) -> 
         names = [rng.choice(w.names) for _ in range(3)]
         assert await t.repo.app_configs(uid, names) == await t.db.app_configs(uid, names), log
     elif op == "create":
-        await t.repo.admin_bulk_create([finput(scope, sid, name, config)])
+        await t.repo.admin_bulk_create([fragment_input(scope, sid, name, config)])
     elif op == "update":
-        await t.repo.admin_bulk_update([finput(scope, sid, name, config)])
+        await t.repo.admin_bulk_update([fragment_input(scope, sid, name, config)])
     elif op == "purge":
-        await t.repo.admin_bulk_purge([fkey(scope, sid, name)])
+        await t.repo.admin_bulk_purge([fragment_key(scope, sid, name)])
     elif op == "my":
         item = MyFragmentInput(name=name, config=config)
         await t.repo.bulk_create_my(uid, [item])
@@ -504,7 +512,7 @@ async def _random_op(t: Tiers, w: World, rng: random.Random, log: list[str]) -> 
 
 async def test_transparency_over_random_sequences(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     for seed in range(12):
         rng = random.Random(seed)
         log: list[str] = [f"seed {seed}"]
@@ -525,7 +533,7 @@ async def test_transparency_over_random_sequences(tiers: Tiers) -> None:
 async def test_empty_view_is_cached_and_counted_as_a_hit(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await t.policies.create("blank", [PUBLIC, USER])
     await prime(t, [(w.u1, "theme")])  # the process learns u1's domain
     empty = await t.repo.app_config(w.u1, "blank")
@@ -549,7 +557,7 @@ async def test_empty_view_is_cached_and_counted_as_a_hit(cached: Tiers) -> None:
 async def test_name_without_policy_is_never_cached(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await prime(t, [(w.u1, "theme")])
     base = t.db_loads()
     for i in range(1, 4):
@@ -572,7 +580,7 @@ async def test_name_without_policy_is_never_cached(cached: Tiers) -> None:
 
 async def test_l1_never_exceeds_local_maxsize(l1: Tiers) -> None:
     t = l1
-    w = await make_world(t)
+    w = await seed_four_users(t)
     cache, _client, _clock = t.make_cache(local_maxsize=5)
     repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
     members = {uuid4(): "d1" for _ in range(30)}
@@ -585,7 +593,7 @@ async def test_l1_never_exceeds_local_maxsize(l1: Tiers) -> None:
     await repo.app_configs(next(iter(members)), list(w.names))
     sizes.append(cache.local_size())
     assert max(sizes) == 5  # filled up to the bound, never past it
-    assert len(cache._local._entries) == 5  # type: ignore[arg-type]
+    assert len(l1_entries(cache)) == 5
     # the last entries are still L1 hits; the first ones were evicted
     last = list(members)[-1]
     hits = cache.stats.l1_hits
@@ -596,7 +604,7 @@ async def test_l1_never_exceeds_local_maxsize(l1: Tiers) -> None:
 
 async def test_l1_off_holds_nothing(l1: Tiers) -> None:
     t = l1
-    w = await make_world(t)
+    w = await seed_four_users(t)
     cache, _client, _clock = t.make_cache(local_maxsize=0)
     repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
     for uid in w.users:
@@ -608,10 +616,10 @@ async def test_l1_off_holds_nothing(l1: Tiers) -> None:
 
 async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     cache, client, _clock = t.make_cache(max_value_bytes=2048)
     repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
-    await t.db.admin_bulk_update([finput(USER, str(w.u1), "theme", {"blob": "x" * 4096})])
+    await t.db.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"blob": "x" * 4096})])
     for i in range(1, 4):
         got = await repo.app_config(w.u1, "theme")
         await cache.drain()
@@ -632,10 +640,10 @@ async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> Non
 
 async def test_oversize_is_measured_in_bytes(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     cache, _client, _clock = t.make_cache(max_value_bytes=2048)
     repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
-    await t.db.admin_bulk_create([finput(USER, str(w.u1), "menu", {"blob": "€" * 700})])
+    await t.db.admin_bulk_create([fragment_input(USER, str(w.u1), "menu", {"blob": "€" * 700})])
     view = await repo.app_config(w.u1, "menu")
     text = view.model_dump_json()
     assert len(text) < 2048 < len(text.encode()), (len(text), len(text.encode()))
@@ -673,11 +681,11 @@ HOSTILE_NAMES = [
 async def test_hostile_names_fail_before_any_io(cached: Tiers, name: str) -> None:
     t = cached
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await prime(t, every_pair(w))
     t.client.reset()
     before = await commandstats(t.valkey)
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         calls: list[Callable[[], Awaitable[Any]]] = [
             lambda: t.repo.app_config(w.u1, name),
             lambda: t.repo.app_configs(w.u1, ["theme", name]),
@@ -697,7 +705,7 @@ async def test_hostile_names_fail_before_any_io(cached: Tiers, name: str) -> Non
         assert [f.code for f in result.failures] == ["invalid_name"]
     assert sql.count == 0
     assert t.client.calls == []
-    assert stats_delta(before, await commandstats(t.valkey)) == {}
+    assert commandstats_delta(before, await commandstats(t.valkey)) == {}
     hit = await reads_hit(t, every_pair(w))
     assert all(hit.values()), "a hostile call invalidated something"
 
@@ -708,10 +716,10 @@ async def test_hostile_names_fail_before_any_io(cached: Tiers, name: str) -> Non
 async def test_hostile_user_ids_fail_before_any_io(cached: Tiers, user_id: Any) -> None:
     t = cached
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     t.client.reset()
     before = await commandstats(t.valkey)
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         with pytest.raises(InvalidUserIdError):
             await t.repo.app_config(user_id, "theme")
         with pytest.raises(InvalidUserIdError):
@@ -724,7 +732,7 @@ async def test_hostile_user_ids_fail_before_any_io(cached: Tiers, user_id: Any) 
             await t.cache.invalidate_for_scope(USER, user_id)
     assert sql.count == 0
     assert t.client.calls == []
-    assert stats_delta(before, await commandstats(t.valkey)) == {}
+    assert commandstats_delta(before, await commandstats(t.valkey)) == {}
     assert await t.repo.app_config(w.u1, "theme") == await t.db.app_config(w.u1, "theme")
 
 
@@ -748,13 +756,15 @@ async def test_hostile_domains_stay_isolated(cached: Tiers) -> None:
     await t.policies.create("theme", [PUBLIC, DOMAIN, USER])
     members = {uuid4(): d for d in HOSTILE_DOMAINS}
     await add_users(t.engine, members)
-    await t.db.admin_bulk_create([finput(DOMAIN, d, "theme", {"d": d}) for d in HOSTILE_DOMAINS])
+    await t.db.admin_bulk_create(
+        [fragment_input(DOMAIN, d, "theme", {"d": d}) for d in HOSTILE_DOMAINS]
+    )
     pairs = [(uid, "theme") for uid in members]
     await prime(t, pairs)
     for victim in HOSTILE_DOMAINS:
         await prime(t, pairs)
         result = await t.repo.admin_bulk_update(
-            [finput(DOMAIN, victim, "theme", {"d": victim, "new": True})]
+            [fragment_input(DOMAIN, victim, "theme", {"d": victim, "new": True})]
         )
         assert not result.failures
         hit = await reads_hit(t, pairs)
@@ -763,7 +773,7 @@ async def test_hostile_domains_stay_isolated(cached: Tiers) -> None:
             assert (await t.repo.app_config(uid, "theme")).config["d"] == members[uid]
         # the seed API with the same ids: only that domain again
         await prime(t, pairs)
-        await t.cache.invalidate_for_scope(DUD, victim)
+        await t.cache.invalidate_for_scope(DOMAIN_USER_DEFAULTS, victim)
         hit = await reads_hit(t, pairs)
         assert [uid for (uid, _n), h in hit.items() if not h] == [
             uid for uid, d in members.items() if d == victim
@@ -782,7 +792,7 @@ def _envelope_tamperings(u1: UUID, u2: UUID) -> dict[str, Callable[[bytes, bytes
         def apply(own: bytes, _other: bytes) -> bytes:
             header, view = split_envelope(own)
             (view if in_view else header)[field] = value
-            return join_envelope(own, header, view)
+            return join_envelope(header, view)
 
         return apply
 
@@ -807,7 +817,7 @@ def _envelope_tamperings(u1: UUID, u2: UUID) -> dict[str, Callable[[bytes, bytes
 )
 async def test_tampered_envelope_is_rejected(cached: Tiers, tamper: str) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     # u1 and u2 both have a valid envelope for "theme"
     await prime(t, [(w.u1, "theme"), (w.u2, "theme")])
     key1 = f"app_config:merged:{{{w.u1}}}:theme"
@@ -835,9 +845,9 @@ async def test_tampered_envelope_is_rejected(cached: Tiers, tamper: str) -> None
 async def test_200_concurrent_cold_reads_cause_one_db_query(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await t.db.app_config(w.u2, "theme")  # warm the connection pool
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         views = await asyncio.gather(*(t.repo.app_config(w.u1, "theme") for _ in range(200)))
     truth = await t.db.app_config(w.u1, "theme")
     assert all(v == truth for v in views)
@@ -854,23 +864,23 @@ async def test_200_concurrent_cold_reads_cause_one_db_query(cached: Tiers) -> No
 async def test_concurrent_cold_reads_in_db_mode_each_query(engine: Any, valkey_client: Any) -> None:
     """The control: without a cache source, nothing is shared (the counter does count)."""
     t = await build_tiers("db", engine, valkey_client)
-    w = await make_world(t)
-    with count_sql(t.engine) as sql:
+    w = await seed_four_users(t)
+    with count_sql(t.engine, library_only=True) as sql:
         await asyncio.gather(*(t.repo.app_config(w.u1, "theme") for _ in range(20)))
     assert sql.count == 20
 
 
 class PausedLoader:
-    """Wraps ``repo._db.load_views``: the first ``pause`` calls stop after their DB read."""
+    """Wraps the DB source's ``load_views``: the first ``pause`` calls stop after their DB read."""
 
     def __init__(self, repo: Any, pause: int = 1) -> None:
-        self.repo = repo
-        self.real = repo._db.load_views
+        self.db = db_source_of(repo)
+        self.real = self.db.load_views
         self.pause = pause
         self.calls: list[list[str]] = []
         self.read_done = asyncio.Event()
         self.resume = asyncio.Event()
-        repo._db.load_views = self
+        self.db.load_views = self
 
     async def __call__(self, user_id: UUID, names: Any) -> Any:
         self.calls.append(list(names))
@@ -881,14 +891,14 @@ class PausedLoader:
         return result
 
     def restore(self) -> None:
-        self.repo._db.load_views = self.real
+        self.db.load_views = self.real
 
 
 @hang_guard
 async def test_cancelled_waiter_does_not_cancel_the_others(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     loader = PausedLoader(t.repo)
     leader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
     await loader.read_done.wait()
@@ -912,7 +922,7 @@ async def test_cancelled_leader_does_not_cancel_the_others(cached: Tiers) -> Non
     """The read that leads the load is cancelled: its joiners still get the DB value."""
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     loader = PausedLoader(t.repo)
     leader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
     await loader.read_done.wait()
@@ -935,7 +945,7 @@ async def test_cancelled_leader_does_not_cancel_the_others(cached: Tiers) -> Non
 async def test_read_after_invalidation_does_not_join_an_older_flight(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     loader = PausedLoader(t.repo)
     old_reader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
     await loader.read_done.wait()  # the old flight has read the old value
@@ -955,7 +965,7 @@ async def test_read_after_invalidation_does_not_join_an_older_flight(cached: Tie
 async def test_flights_of_different_keys_are_separate(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     reads = [t.repo.app_config(uid, name) for uid in w.users for name in w.names] * 10
     views = await asyncio.gather(*reads)
     for view in views:
@@ -968,17 +978,17 @@ async def test_flights_of_different_keys_are_separate(cached: Tiers) -> None:
 async def test_db_errors_reach_every_waiter(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
 
     async def failing(user_id: UUID, names: Any) -> Any:
         await asyncio.sleep(0)
         raise AppConfigError("db down")
 
-    t.repo._db.load_views = failing  # type: ignore[method-assign]
+    db_source_of(t.repo).load_views = failing
     results = await asyncio.gather(
         *(t.repo.app_config(w.u1, "theme") for _ in range(10)), return_exceptions=True
     )
     assert all(isinstance(r, AppConfigError) for r in results)
-    del t.repo._db.load_views
+    del db_source_of(t.repo).load_views
     assert await t.repo.app_config(w.u1, "theme") == await t.db.app_config(w.u1, "theme")
     await t.cache.drain()

@@ -12,17 +12,12 @@ from typing import Any
 from uuid import UUID
 
 from appconfig_cache import AppConfigFragmentRepository
+from tests.support.clock import FakeClock
+from tests.support.fragments import DOMAIN
+from tests.support.internals import trip_breaker, valkey_usable
+from tests.support.valkey import CountingValkey, PauseAt
 
-from .conftest import (
-    DOMAIN,
-    LOCAL_TTL,
-    SUITE_ON_CLUSTER_ENV,
-    CountingValkey,
-    FakeClock,
-    PauseAt,
-    Tiers,
-    make_world,
-)
+from .conftest import LOCAL_TTL, SUITE_ON_CLUSTER_ENV, Tiers, seed_four_users
 from .test_consistency import _write_admin, _write_user
 
 HALF = LOCAL_TTL / 2
@@ -53,7 +48,7 @@ async def _renewable(
 
 async def test_a_hot_entry_is_renewed_without_a_round_trip_of_its_own(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, client, clock, value = await _renewable(t, w.u1, "theme")
     start = clock.now
     clock.now = start + HALF + 0.1  # a hit in the second half asks for a refresh
@@ -84,7 +79,7 @@ async def test_a_hot_entry_is_renewed_without_a_round_trip_of_its_own(cached: Ti
 
 async def test_one_refresh_covers_every_due_user(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, client, clock = t.make_repo()
     users = [w.u1, w.u2, w.u3]
     for _ in range(2):  # the second pass has the users' domains: renewable entries
@@ -114,7 +109,7 @@ async def test_one_refresh_covers_every_due_user(cached: Tiers) -> None:
 
 async def test_a_write_before_the_refresh_stops_the_renewal(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "theme")
     start = clock.now
     await _write_user(t, w, t.repo, t.policies)  # A writes u1's own fragment
@@ -133,7 +128,7 @@ async def test_a_write_after_the_refresh_is_seen_local_ttl_after_the_reading(
     cached: Tiers,
 ) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, _client, clock, old = await _renewable(t, w.u2, "theme")
     start = clock.now
     read_at = start + HALF + 0.1
@@ -152,7 +147,7 @@ async def test_a_write_after_the_refresh_is_seen_local_ttl_after_the_reading(
 async def test_generations_gone_from_valkey_stop_the_renewal(cached: Tiers) -> None:
     """A Valkey restarted empty (here: flushed) answers no generation: nothing is renewed."""
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, client, clock, old = await _renewable(t, w.u1, "theme")
     start = clock.now
     await t.valkey.flushall()
@@ -170,7 +165,7 @@ async def test_generations_gone_from_valkey_stop_the_renewal(cached: Tiers) -> N
 
 async def test_no_entry_outlives_the_envelope_ttl(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     ttl = 3
     repo, cache, client, clock, value = await _renewable(t, w.u3, "menu", ttl=ttl)
     start = filled = clock.now  # when B stored the entry it serves
@@ -191,11 +186,11 @@ async def test_no_entry_outlives_the_envelope_ttl(cached: Tiers) -> None:
 async def test_no_renewal_without_valkey(cached: Tiers) -> None:
     """With the breaker open the refresh does not run and entries expire at local_ttl."""
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "menu")
     start = clock.now
-    cache._remote.breaker.trip()  # as after confirmed failures; cools down for 5 s
-    assert not cache._remote.available()
+    trip_breaker(cache)  # as after confirmed failures; cools down for 5 s
+    assert not valkey_usable(cache)
     clock.now = start + HALF + 0.1
     await repo.app_config(w.u1, "menu")
     await cache.drain()
@@ -214,7 +209,7 @@ async def test_an_expired_entry_is_renewed_by_one_batched_read(cached: Tiers) ->
     """No hit in its second half, so no background refresh: when the users come back,
     their expired entries wait for one read of the generations, not a lookup each."""
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     users = [w.u1, w.u2, w.u3]
     repo, cache, client, clock = t.make_repo()
     for _ in range(2):  # the second pass has the users' domains: renewable entries
@@ -234,7 +229,7 @@ async def test_an_expired_entry_is_renewed_by_one_batched_read(cached: Tiers) ->
 
 async def test_an_expired_entry_whose_user_wrote_is_not_renewed(cached: Tiers) -> None:
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "theme")
     await _write_user(t, w, t.repo, t.policies)  # A writes u1's own fragment
     new = await t.db.app_config(w.u1, "theme")
@@ -249,7 +244,7 @@ async def test_a_local_write_while_the_renewal_waits_is_seen(cached: Tiers) -> N
     """B's read waits for the generation read; B's own domain write lands meanwhile.
     Once the write has returned, B serves the new view (I2), not the renewed old one."""
     t = cached
-    w = await make_world(t)
+    w = await seed_four_users(t)
     repo, cache, client, clock, old = await _renewable(t, w.u2, "theme")
     clock.advance(LOCAL_TTL)
     user_gen = f"app_config:gen:user:{{{w.u2}}}"
