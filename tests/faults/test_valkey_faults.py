@@ -5,7 +5,7 @@ with an ``AppConfigFragmentCacheSource`` while the real embedded Valkey is
 paused, killed, filled up, or reached through the fault proxy. Every answer is
 compared with the DB-only repository read after it (no write in between); the
 worst request latency is printed, never asserted. The clock of the cache source
-(its TTLs and the breaker cool-down) is a :class:`ManualClock`.
+(its TTLs and the breaker cool-down) is a :class:`FakeClock`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import valkey.asyncio as valkey_asyncio
 import valkey.exceptions as vex
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,17 +30,18 @@ from appconfig_cache import (
 )
 from appconfig_cache.embedded import EmbeddedValkey
 from appconfig_cache.tiered import keys as K
-from helpers import domain_fragment, my_fragment, public_fragment, user_fragment
+from tests.support.clock import FakeClock
+from tests.support.fragments import domain_fragment, my_fragment, public_fragment, user_fragment
+from tests.support.valkey import RaiseOnCall, direct_client
 
 from .conftest import (
     Load,
-    ManualClock,
     StackFactory,
     belongs_to,
     own_config,
     pg_target,
     pg_url_via,
-    seed_world,
+    seed_population,
     wait_for,
 )
 from .proxy import FaultProxy
@@ -51,18 +51,14 @@ pytestmark = pytest.mark.slow
 COOLDOWN = 5.0
 
 
-def _direct(url: str) -> Any:
-    return valkey_asyncio.Valkey.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-
-async def _recover(load: Load, cache: AppConfigFragmentCacheSource, clock: ManualClock) -> int:
+async def _recover(load: Load, cache: AppConfigFragmentCacheSource, clock: FakeClock) -> int:
     """Valkey is back: move the clock past each cool-down until a full sweep is all L2 hits.
 
     Returns how many times the breaker opened again on the way (stale pooled
     connections each fail once: see ``test_reset_idle_connections_...``).
     """
     opens = cache.stats.breaker_opens
-    keys = len(load.world.users) * len(load.world.names)
+    keys = len(load.population.users) * len(load.population.names)
     for _ in range(20):
         clock.advance(COOLDOWN + 0.1)
         await load.read_round()
@@ -83,22 +79,22 @@ async def test_sigstop_under_steady_load(
     valkey_url: str,
     embedded_valkey_server: EmbeddedValkey,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
     server = embedded_valkey_server
-    world = await seed_world(engine)
+    population = await seed_population(engine)
     # Valkey only (no L1): every read of the load asks Valkey while it may.
     stack = await make_stack(
         server.url, timer=clock, local_maxsize=0, probe_timeout=0.5, breaker_cooldown=COOLDOWN
     )
     cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     for _ in range(3):
         await load.write()
         await load.read_round()
     await load.sweep()
     hits, misses = await load.sweep()
-    assert (hits, misses) == (len(world.users) * len(world.names), 0)
+    assert (hits, misses) == (len(population.users) * len(population.names), 0)
 
     server.pause()
     paused_at = time.monotonic()
@@ -111,7 +107,7 @@ async def test_sigstop_under_steady_load(
         opened = cache.stats
         assert opened.timeouts_forgiven == 0  # the first health probe confirmed the hang
         timeouts_before_open = opened.valkey_timeouts
-        calls, skipped = stack.calls.total, opened.l2_skipped
+        calls, skipped = stack.calls.data_round_trips, opened.l2_skipped
         timeouts, errors = opened.valkey_timeouts, opened.valkey_errors
         requests = load.requests
         # Several seconds of steady load, writes included, against the frozen server.
@@ -121,7 +117,7 @@ async def test_sigstop_under_steady_load(
         stats = cache.stats
         assert stats.breaker_state == "open" and stats.breaker_opens == 1
         # No request issued while open asked Valkey, so none waited on it.
-        assert stack.calls.total == calls
+        assert stack.calls.data_round_trips == calls
         assert (stats.valkey_timeouts, stats.valkey_errors) == (timeouts, errors)
         assert stats.l2_skipped > skipped
         assert stats.pending_bumps > 0  # the writes' bumps wait for Valkey
@@ -146,20 +142,20 @@ async def test_killed_and_restarted_empty(
     valkey_url: str,
     embedded_valkey_server: EmbeddedValkey,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
     server = embedded_valkey_server
-    world = await seed_world(engine)
+    population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0, breaker_cooldown=COOLDOWN)
     oracle = AppConfigFragmentRepository(engine)
-    load = Load(stack.repo, oracle, world)
+    load = Load(stack.repo, oracle, population)
     await load.sweep()  # learns the domains
     await load.sweep()  # fills
-    uid, name = world.users[0], world.names[0]
+    uid, name = population.users[0], population.names[0]
     key = K.merged_key(uid, name)
-    gen_keys = [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(world.domain_of[uid])]
+    gen_keys = [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(population.domain_of[uid])]
     gen_keys.append(K.user_gen_key(uid))
-    direct = _direct(server.url)
+    direct = direct_client(server.url)
     try:
         old_envelope = await direct.get(key)
         old_gens = await direct.mget(gen_keys)
@@ -180,7 +176,7 @@ async def test_killed_and_restarted_empty(
     await restarting
 
     await _recover(load, stack.cache, clock)
-    direct = _direct(server.url)
+    direct = direct_client(server.url)
     try:
         new_gens = await direct.mget(gen_keys)
         # Random bases: no generation took a value it had before the restart.
@@ -211,19 +207,19 @@ async def test_restored_older_snapshot_never_matches(
     valkey_url: str,
     embedded_valkey_server: EmbeddedValkey,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
     server = embedded_valkey_server
-    world = await seed_world(engine, users=2)
+    population = await seed_population(engine, users=2)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
-    uid, name = world.users[0], world.names[0]
+    uid, name = population.users[0], population.names[0]
     for _ in range(2):  # the first read learns the domain, the second fills Valkey
         await stack.repo.app_config(uid, name)
         await stack.cache.drain()
     keys = [K.merged_key(uid, name), K.user_domain_key(uid), K.user_gen_key(uid)]
-    keys += [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(world.domain_of[uid])]
-    direct = _direct(server.url)
+    keys += [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(population.domain_of[uid])]
+    direct = direct_client(server.url)
     try:
         snapshot = {key: await direct.dump(key) for key in keys}  # an RDB taken now
         assert None not in snapshot.values()
@@ -234,7 +230,7 @@ async def test_restored_older_snapshot_never_matches(
     assert not result.failures and stack.cache.stats.pending_bumps == 0
     server.kill()
     server.start()
-    direct = _direct(server.url)
+    direct = direct_client(server.url)
     try:
         for key, value in snapshot.items():
             await direct.restore(key, 0, value, replace=True)
@@ -269,7 +265,7 @@ async def _fresh_reader(engine: AsyncEngine, url: str, **kw: Any) -> _Reader:
     from appconfig_cache import make_valkey_client
 
     client = make_valkey_client(url, socket_timeout=0.3)
-    return _Reader(client, AppConfigFragmentCacheSource(client, timer=ManualClock(), **kw), engine)
+    return _Reader(client, AppConfigFragmentCacheSource(client, timer=FakeClock(), **kw), engine)
 
 
 # -- every exception class a call can raise ------------------------------------------------
@@ -300,19 +296,21 @@ FAULTS += [("OSError", _make(OSError)), ("asyncio.TimeoutError", _make(asyncio.T
 async def _every_verb(
     engine: AsyncEngine,
     cache: AppConfigFragmentCacheSource,
-    world: Any,
+    population: Any,
     tag: str,
 ) -> None:
     """Every public entry point once, each answer checked against the DB."""
     repo = AppConfigFragmentRepository(engine, cache_source=cache)
     policies = AppConfigPolicyRepository(engine, cache_source=cache)
     oracle = AppConfigFragmentRepository(engine)
-    uid, other = world.users[0], world.users[1]
-    name, domain = world.names[0], world.domain_of[uid]
+    uid, other = population.users[0], population.users[1]
+    name, domain = population.names[0], population.domain_of[uid]
     extra = f"extra_{tag}"
 
     assert await repo.app_config(uid, name) == await oracle.app_config(uid, name)
-    assert await repo.app_configs(uid, world.names) == await oracle.app_configs(uid, world.names)
+    assert await repo.app_configs(uid, population.names) == await oracle.app_configs(
+        uid, population.names
+    )
     assert await repo.my_app_configs(other) == await oracle.my_app_configs(other)
     await policies.create(extra, [AppConfigScopeType.PUBLIC, AppConfigScopeType.USER])
     await policies.update(extra, list(AppConfigScopeType))
@@ -346,17 +344,17 @@ async def _every_verb(
     assert not purged.failures
     await policies.purge(extra)
     for user in (uid, other):
-        assert await repo.app_configs(user, world.names) == await oracle.app_configs(
-            user, world.names
+        assert await repo.app_configs(user, population.names) == await oracle.app_configs(
+            user, population.names
         )
     await cache.drain()
 
 
 async def test_no_valkey_exception_escapes(
-    engine: AsyncEngine, valkey_url: str, make_stack: StackFactory, clock: ManualClock
+    engine: AsyncEngine, valkey_url: str, make_stack: StackFactory, clock: FakeClock
 ) -> None:
     """Each class raised by every data call (before, then after Valkey answered)."""
-    world = await seed_world(engine, users=2)
+    population = await seed_population(engine, users=2)
     stack = await make_stack(valkey_url, timer=clock)
     calls = stack.calls
     assert len(FAULTS) >= 30
@@ -375,19 +373,19 @@ async def test_no_valkey_exception_escapes(
             breaker_threshold=10_000,
             breaker_min_calls=10_000,
         )
-        calls.fault, calls.when = fault, when
-        faulted = calls.faulted
+        raising = RaiseOnCall(fault)
+        setattr(calls, when, raising)
         start = time.perf_counter()
         try:
-            await _every_verb(engine, cache, world, f"{when}_{label.replace('.', '_')}")
+            await _every_verb(engine, cache, population, f"{when}_{label.replace('.', '_')}")
         finally:
-            calls.fault = None
+            setattr(calls, when, None)
             await cache.aclose()
         worst = max(worst, time.perf_counter() - start)
         stats = cache.stats
         counted = stats.valkey_errors + stats.valkey_timeouts + stats.valkey_refusals
         # Every faulted call went through the budgeted path and was classified once.
-        assert calls.faulted - faulted == counted > 0, (label, when, stats)
+        assert raising.raised == counted > 0, (label, when, stats)
         seen += 1
     print(
         f"[fault] exceptions: {seen} cases, failed=0, worst entry-point sweep {worst * 1000:.0f}ms"
@@ -415,21 +413,21 @@ async def test_proxy_faults_never_reach_the_caller(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
     inject: Callable[[FaultProxy], None],
     request: pytest.FixtureRequest,
 ) -> None:
-    world = await seed_world(engine, users=6)
+    population = await seed_population(engine, users=6)
     stack = await make_stack(
         valkey_proxy.url, timer=clock, local_maxsize=0, probe_timeout=0.3, breaker_cooldown=COOLDOWN
     )
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     await load.sweep()
     inject(valkey_proxy)
     for _ in range(4):
         await load.write()
         await load.read_round(12)
-    await _every_verb(engine, stack.cache, world, "proxy")
+    await _every_verb(engine, stack.cache, population, "proxy")
     during = load.worst
     valkey_proxy.set_pass()
     reopened = await _recover(load, stack.cache, clock)
@@ -449,18 +447,18 @@ async def test_i5_breaker_opens_and_closes(
     valkey_url: str,
     embedded_valkey_server: EmbeddedValkey,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
     fault: str,
 ) -> None:
     server = embedded_valkey_server
-    world = await seed_world(engine, users=6)
+    population = await seed_population(engine, users=6)
     async with FaultProxy(("127.0.0.1", server.port)) as proxy:
         url = proxy.url if fault == "garbage" else server.url
         stack = await make_stack(
             url, timer=clock, local_maxsize=0, probe_timeout=0.3, breaker_cooldown=COOLDOWN
         )
         cache = stack.cache
-        load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+        load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
         await load.sweep()
         breaking = {
             "stop": server.stop,
@@ -494,11 +492,11 @@ async def test_reset_idle_connections_do_not_open_the_breaker(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    world = await seed_world(engine)
+    population = await seed_population(engine)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     await load.sweep()
     await load.sweep()
     idle = len(stack.pool._available_connections)
@@ -523,15 +521,15 @@ async def test_valkey_full_fills_fail_silently(
     valkey_url: str,
     embedded_valkey_server: EmbeddedValkey,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
     server = embedded_valkey_server
-    world = await seed_world(engine)
+    population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     await load.sweep()
-    admin = _direct(server.url)
+    admin = direct_client(server.url)
     saved = {
         **(await admin.config_get("maxmemory")),
         **(await admin.config_get("maxmemory-policy")),
@@ -569,17 +567,17 @@ async def test_dropped_invalidation_is_replayed(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
     how: str,
 ) -> None:
-    world = await seed_world(engine, users=4)
+    population = await seed_population(engine, users=4)
     # The writer without L1, so that its reads show whether they ask Valkey.
     writer = await make_stack(valkey_proxy.url, timer=clock, probe_timeout=0.3, local_maxsize=0)
-    other_clock = ManualClock()
+    other_clock = FakeClock()
     other = await make_stack(valkey_proxy.url, timer=other_clock)  # a second process
     oracle = AppConfigFragmentRepository(engine)
-    load = Load(writer.repo, oracle, world)
-    uid, name = world.users[0], world.names[0]
+    load = Load(writer.repo, oracle, population)
+    uid, name = population.users[0], population.names[0]
     for stack in (writer, other, writer):  # the first read learns the domain, then fills
         assert await stack.repo.app_config(uid, name) == await oracle.app_config(uid, name)
         await stack.cache.drain()
@@ -627,19 +625,19 @@ async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    world = await seed_world(engine, users=24)
+    population = await seed_population(engine, users=24)
     stack = await make_stack(
         valkey_proxy.url, timer=clock, local_maxsize=0, max_connections=16, timeout=0.25
     )
     oracle = AppConfigFragmentRepository(engine)
     expected = {
         (uid, name): await oracle.app_config(uid, name)
-        for uid in world.users
-        for name in world.names
+        for uid in population.users
+        for name in population.names
     }
-    load = Load(stack.repo, oracle, world)
+    load = Load(stack.repo, oracle, population)
     await load.sweep()
     valkey_proxy.set_latency(0.02)
     rng = random.Random(11)
@@ -650,8 +648,8 @@ async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
         if how == 0:
             views = [(name, await stack.repo.app_config(uid, name))]
         elif how == 1:
-            got = await stack.repo.app_configs(uid, world.names)
-            views = list(zip(world.names, got, strict=True))
+            got = await stack.repo.app_configs(uid, population.names)
+            views = list(zip(population.names, got, strict=True))
         else:
             view = await stack.cache.get_merged_config(uid, name)
             views = [] if view is None else [(name, view)]
@@ -664,7 +662,7 @@ async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
     for _ in range(10):
         tasks = []
         for _ in range(300):
-            uid, name = rng.choice(world.users), rng.choice(world.names)
+            uid, name = rng.choice(population.users), rng.choice(population.names)
             task = loop.create_task(read(uid, name, rng.randrange(3)))
             loop.call_later(rng.uniform(0, 0.15), task.cancel)
             tasks.append(task)
@@ -694,12 +692,12 @@ async def test_cancelled_write_leaves_no_stale_envelope(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    world = await seed_world(engine, users=2)
+    population = await seed_population(engine, users=2)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
-    uid, name = world.users[0], world.names[0]
+    uid, name = population.users[0], population.names[0]
     for _ in range(2):  # the first read learns the domain, the second fills Valkey
         assert await stack.repo.app_config(uid, name) == await oracle.app_config(uid, name)
         await stack.cache.drain()
@@ -725,20 +723,20 @@ async def test_cancelled_half_open_trial_does_not_wedge_the_breaker(
     engine: AsyncEngine,
     valkey_proxy: FaultProxy,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
-    world = await seed_world(engine, users=2)
+    population = await seed_population(engine, users=2)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
     cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
-    uid, name = world.users[0], world.names[0]
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
+    uid, name = population.users[0], population.names[0]
     valkey_proxy.set_reset()
     await wait_for(lambda: cache.stats.breaker_state == "open", step=load.read_round)
     valkey_proxy.set_latency(0.2)
     clock.advance(COOLDOWN + 0.1)
-    calls = stack.calls.total
+    calls = stack.calls.data_round_trips
     trial = asyncio.get_running_loop().create_task(cache.get_merged_config(uid, name))
-    await wait_for(lambda: stack.calls.total > calls, what="the trial call")
+    await wait_for(lambda: stack.calls.data_round_trips > calls, what="the trial call")
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
         await trial
@@ -761,19 +759,19 @@ async def test_stale_set_race_widened_by_a_slow_db(
     database_url: str,
     valkey_url: str,
     make_stack: StackFactory,
-    clock: ManualClock,
+    clock: FakeClock,
 ) -> None:
     """A read whose DB answer is held by the proxy while a write and its invalidation finish
     must not leave its old value in either tier (I3)."""
-    world = await seed_world(engine, users=2)
-    uid, name = world.users[0], world.names[0]
+    population = await seed_population(engine, users=2)
+    uid, name = population.users[0], population.names[0]
     oracle = AppConfigFragmentRepository(engine)
     stack = await make_stack(valkey_url, timer=clock)
     async with FaultProxy(pg_target(database_url)) as db_proxy:
         slow_engine = create_async_engine(pg_url_via(database_url, db_proxy))
         try:
             slow_repo = AppConfigFragmentRepository(slow_engine, cache_source=stack.cache)
-            await slow_repo.app_configs(world.users[1], world.names)  # warm the DB pool
+            await slow_repo.app_configs(population.users[1], population.names)  # warm the DB pool
             db_proxy.set_latency(0.3)
             sent = db_proxy.stats.bytes_up
             reader = asyncio.get_running_loop().create_task(slow_repo.app_config(uid, name))
