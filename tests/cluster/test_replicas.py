@@ -32,7 +32,10 @@ from appconfig_cache import (
 from appconfig_cache.embedded import EmbeddedValkeyReplicaPair
 from appconfig_cache.errors import CacheSettingsError
 from appconfig_cache.tiered import keys as K
-from helpers import ALL_SCOPES, add_policy, add_user, domain_fragment, my_fragment, public_fragment
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user
+from tests.support.fragments import ALL_SCOPES, domain_fragment, my_fragment, public_fragment
+from tests.support.valkey import WireRecorder, direct_client
 
 pytestmark = pytest.mark.cluster
 
@@ -46,61 +49,11 @@ COOLDOWN = 30.0
 BUDGET = 2.0
 
 
-class Clock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Recorder:
-    """Every command a client packed for the wire, as ``(NAME, arg, ...)`` strings."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, ...]] = []
-
-    def reset(self) -> None:
-        self.commands.clear()
-
-    def names(self) -> list[str]:
-        return [command[0] for command in self.commands]
-
-    def of(self, name: str) -> list[tuple[str, ...]]:
-        return [command for command in self.commands if command[0] == name]
+class Recorder(WireRecorder):
+    """The wire recorder, with the ``WAIT`` the invalidation pipeline ends in."""
 
     def waits(self) -> list[tuple[str, ...]]:
         return [command for command in self.of("WAIT") if command[1:] == WAIT_ARGS]
-
-    def client(self, url: str) -> valkey_asyncio.Valkey:
-        recorder = self
-
-        class RecordingConnection(valkey_asyncio.Connection):
-            def pack_command(self, *args: Any) -> Any:
-                recorder.commands.append(tuple(_text(a) for a in args))
-                return super().pack_command(*args)
-
-        # The socket timeout is far above WAIT's: a paused replica must show as WAIT's
-        # answer (0 replicas), never as a broken connection.
-        return valkey_asyncio.Valkey.from_url(
-            url,
-            connection_class=RecordingConnection,
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-        )
-
-
-def _text(arg: Any) -> str:
-    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
-
-
-def _direct(url: str) -> valkey_asyncio.Valkey:
-    return valkey_asyncio.Valkey.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
 
 
 @dataclass
@@ -109,7 +62,7 @@ class Setup:
     repo: AppConfigFragmentRepository
     db_only: AppConfigFragmentRepository
     recorder: Recorder
-    clock: Clock
+    clock: FakeClock
     uid: uuid.UUID
     engine: AsyncEngine
     primary: valkey_asyncio.Valkey  # unrecorded
@@ -145,8 +98,10 @@ async def make_setup(
             ]
         )
         assert not created.failures
-        recorder, clock = Recorder(), Clock()
-        client = recorder.client(replica_pair.primary_url)
+        recorder, clock = Recorder(), FakeClock()
+        # The socket timeout is far above WAIT's: a paused replica must show as WAIT's
+        # answer (0 replicas), never as a broken connection.
+        client = recorder.client(replica_pair.primary_url, timeout=5.0)
         cache_kwargs = {
             "wait_replicas": 1,
             "wait_timeout": WAIT_TIMEOUT,
@@ -155,7 +110,8 @@ async def make_setup(
             **cache_kwargs,
         }
         cache = AppConfigFragmentCacheSource(client, **cache_kwargs)
-        primary, replica = _direct(replica_pair.primary_url), _direct(replica_pair.replica_url)
+        primary = direct_client(replica_pair.primary_url, timeout=5.0)
+        replica = direct_client(replica_pair.replica_url, timeout=5.0)
         opened.extend([cache, client, primary, replica])
         repo = AppConfigFragmentRepository(engine, cache_source=cache)
         return Setup(cache, repo, db_only, recorder, clock, uid, engine, primary, replica)

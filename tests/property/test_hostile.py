@@ -64,15 +64,15 @@ from appconfig_cache.errors import (
     TooManyItemsError,
 )
 from appconfig_cache.tiered import keys as K
-from helpers import (
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user
+from tests.support.envelopes import join_envelope, split_envelope
+from tests.support.fragments import (
     ALL_SCOPES,
     DOMAIN,
     DOMAIN_USER_DEFAULTS,
     PUBLIC,
     USER,
-    add_policy,
-    add_user,
-    count_statements,
     domain_defaults_fragment,
     domain_fragment,
     public_fragment,
@@ -81,6 +81,8 @@ from helpers import (
     raw_my_fragment,
     user_fragment,
 )
+from tests.support.sql import count_sql
+from tests.support.valkey import WireRecorder, direct_client
 
 THEME, MENU = "theme", "menu"
 POLICY_NAMES = (THEME, MENU)
@@ -313,37 +315,7 @@ hostile_configs = (
 )
 
 
-# -- recording Valkey commands ----------------------------------------------------------
-
-
-class Recorder:
-    """Every command a client packed for the wire, as ``(NAME, arg, ...)`` strings."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, ...]] = []
-
-    def reset(self) -> None:
-        self.commands.clear()
-
-    def client(self, url: str) -> valkey_asyncio.Valkey:
-        recorder = self
-
-        class RecordingConnection(valkey_asyncio.Connection):
-            def pack_command(self, *args: Any) -> Any:
-                recorder.commands.append(tuple(_text(a) for a in args))
-                return super().pack_command(*args)
-
-        return valkey_asyncio.Valkey.from_url(
-            url,
-            connection_class=RecordingConnection,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-        )
-
-
-def _text(arg: Any) -> str:
-    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
-
+# -- auditing what a call sent to Valkey ------------------------------------------------
 
 #: commands that name no key
 _KEYLESS = {"INFO", "PING", "CLIENT", "HELLO", "SELECT", "WAIT"}
@@ -388,17 +360,6 @@ def audit(commands: list[tuple[str, ...]], *, own_slot: UUID | None) -> list[str
 # -- the shared data set ----------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @dataclass
 class Outcome:
     result: Any
@@ -412,10 +373,12 @@ class Outcome:
 
 
 @dataclass
-class World:
+class IsolationHarness:
+    """The data set and clients of the properties; runs an attempt, checks isolation."""
+
     engine: AsyncEngine
     url: str
-    recorder: Recorder
+    recorder: WireRecorder
     client: valkey_asyncio.Valkey  # recorded: every cache source of the tests uses it
     direct: valkey_asyncio.Valkey  # unrecorded: the tests' own look-ups and tampering
     db_only: AppConfigFragmentRepository
@@ -423,7 +386,7 @@ class World:
     writer_uid: UUID  # a user in WRITER_DOMAIN whose own fragments the config tests write
 
     def cache(self, **kwargs: Any) -> AppConfigFragmentCacheSource:
-        kwargs.setdefault("timer", Clock())
+        kwargs.setdefault("timer", FakeClock())
         kwargs.setdefault("local_ttl", LOCAL_TTL)
         return AppConfigFragmentCacheSource(self.client, **kwargs)
 
@@ -433,7 +396,7 @@ class World:
     async def attempt(self, call: Callable[[], Awaitable[Any]]) -> Outcome:
         """Run ``call``; catch only ``AppConfigError`` (anything else fails the property)."""
         self.recorder.reset()
-        with count_statements(self.engine) as log:
+        with count_sql(self.engine) as log:
             try:
                 result, error = await call(), None
             except AppConfigError as exc:
@@ -473,7 +436,7 @@ class World:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def world(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[World]:
+async def harness(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[IsolationHarness]:
     for name in POLICY_NAMES:
         await add_policy(engine, name, ALL_SCOPES)
     refs = {domain: await add_user(engine, domain=domain) for domain in REF_DOMAINS}
@@ -490,10 +453,10 @@ async def world(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[World]:
     items.append(user_fragment(writer_uid, THEME, {"initial": True}))
     created = await db_only.admin_bulk_create(items)
     assert not created.failures
-    recorder = Recorder()
-    client = recorder.client(valkey_url)
-    direct = valkey_asyncio.Valkey.from_url(valkey_url, socket_timeout=2.0)
-    w = World(engine, valkey_url, recorder, client, direct, db_only, refs, writer_uid)
+    recorder = WireRecorder()
+    client = recorder.client(valkey_url, timeout=2.0)
+    direct = direct_client(valkey_url)
+    w = IsolationHarness(engine, valkey_url, recorder, client, direct, db_only, refs, writer_uid)
     # Prime Valkey once: the users' domains are known there, so any later fresh
     # process fills envelopes on its first miss.
     primer = w.cache()
@@ -511,8 +474,10 @@ async def world(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[World]:
 
 @PROPERTY
 @given(domain=hostile_text.filter(lambda d: d not in REF_DOMAINS))
-async def test_hostile_domain_writes_stay_in_their_own_domain(world: World, domain: str) -> None:
-    w = world
+async def test_hostile_domain_writes_stay_in_their_own_domain(
+    harness: IsolationHarness, domain: str
+) -> None:
+    w = harness
     writer = w.cache()
     repo = w.repo(writer)
     try:
@@ -589,9 +554,9 @@ async def test_hostile_domain_writes_stay_in_their_own_domain(world: World, doma
 @PROPERTY
 @given(scope=hostile_scopes)
 async def test_hostile_scopes_fail_first_or_bump_only_their_own_generation(
-    world: World, scope: tuple[Any, Any]
+    harness: IsolationHarness, scope: tuple[Any, Any]
 ) -> None:
-    w = world
+    w = harness
     scope_type, scope_id = scope
     kind = scope_type_of(scope_type)
     expected_gen: str | None = None
@@ -645,9 +610,9 @@ async def test_hostile_scopes_fail_first_or_bump_only_their_own_generation(
 @PROPERTY
 @given(data=st.data())
 async def test_hostile_user_ids_fail_first_or_read_only_their_own_user(
-    world: World, data: st.DataObject
+    harness: IsolationHarness, data: st.DataObject
 ) -> None:
-    w = world
+    w = harness
     user_id = data.draw(hostile_user_ids(w.refs.values()), label="user_id")
     uid = canonical_uid(user_id)
     cache = w.cache()
@@ -701,8 +666,10 @@ async def test_hostile_user_ids_fail_first_or_read_only_their_own_user(
 
 @PROPERTY
 @given(name=hostile_names.filter(lambda n: n not in POLICY_NAMES))
-async def test_hostile_names_fail_first_or_stay_in_their_own_name(world: World, name: Any) -> None:
-    w = world
+async def test_hostile_names_fail_first_or_stay_in_their_own_name(
+    harness: IsolationHarness, name: Any
+) -> None:
+    w = harness
     uid = w.refs["ref"]
     cache = w.cache()
     repo = w.repo(cache)
@@ -772,8 +739,8 @@ async def test_hostile_names_fail_first_or_stay_in_their_own_name(world: World, 
     | st.lists(st.sampled_from(POLICY_NAMES), min_size=MAX_BATCH_NAMES + 1, max_size=300)
     | st.text(max_size=8)
 )
-async def test_hostile_names_lists(world: World, names: Any) -> None:
-    w = world
+async def test_hostile_names_lists(harness: IsolationHarness, names: Any) -> None:
+    w = harness
     uid = w.refs["ref:x"]
     cache = w.cache()
     repo = w.repo(cache)
@@ -809,9 +776,9 @@ async def test_hostile_names_lists(world: World, names: Any) -> None:
 @PROPERTY
 @given(config=hostile_configs)
 async def test_hostile_configs_fail_first_or_round_trip_in_their_own_user(
-    world: World, config: Any
+    harness: IsolationHarness, config: Any
 ) -> None:
-    w = world
+    w = harness
     uid = w.writer_uid
     cache = w.cache()
     repo = w.repo(cache)
@@ -859,16 +826,6 @@ async def test_hostile_configs_fail_first_or_round_trip_in_their_own_user(
 REJECTED, OUTDATED, EITHER = "rejected", "outdated", "either"
 
 
-def _split(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    head, _, body = raw.partition(b"\n")
-    return json.loads(head), json.loads(body)
-
-
-def _join(head: dict[str, Any], body: dict[str, Any] | bytes) -> bytes:
-    tail = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
-    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + tail
-
-
 @dataclass
 class Tamper:
     """A way to spoil the victim's envelope; ``make`` gets the genuine bytes and context."""
@@ -882,34 +839,34 @@ class Tamper:
 
 def _with_head(**changes: Any) -> Callable[[bytes, dict[str, Any]], bytes]:
     def make(raw: bytes, _ctx: dict[str, Any]) -> bytes:
-        head, body = _split(raw)
-        return _join({**head, **changes}, body)
+        head, body = split_envelope(raw)
+        return join_envelope({**head, **changes}, body)
 
     return make
 
 
 def _gens_changed(index: int, delta: int) -> Callable[[bytes, dict[str, Any]], bytes]:
     def make(raw: bytes, _ctx: dict[str, Any]) -> bytes:
-        head, body = _split(raw)
+        head, body = split_envelope(raw)
         gens = list(head["g"])
         gens[index] += delta
-        return _join({**head, "g": gens}, body)
+        return join_envelope({**head, "g": gens}, body)
 
     return make
 
 
 def _with_head_delta(delta: int) -> Callable[[bytes, dict[str, Any]], bytes]:
     def make(raw: bytes, _ctx: dict[str, Any]) -> bytes:
-        head, body = _split(raw)
-        return _join({**head, "e": head["e"] ^ delta}, body)
+        head, body = split_envelope(raw)
+        return join_envelope({**head, "e": head["e"] ^ delta}, body)
 
     return make
 
 
 def _body_user(other: UUID) -> Callable[[bytes, dict[str, Any]], bytes]:
     def make(raw: bytes, _ctx: dict[str, Any]) -> bytes:
-        head, body = _split(raw)
-        return _join(head, {**body, "user_id": str(other)})
+        head, body = split_envelope(raw)
+        return join_envelope(head, {**body, "user_id": str(other)})
 
     return make
 
@@ -918,8 +875,8 @@ def _foreign_envelope(other: UUID) -> Callable[[bytes, dict[str, Any]], bytes]:
     """A whole, current-looking envelope of another user (header and body agree)."""
 
     def make(raw: bytes, _ctx: dict[str, Any]) -> bytes:
-        head, body = _split(raw)
-        return _join({**head, "u": str(other)}, {**body, "user_id": str(other)})
+        head, body = split_envelope(raw)
+        return join_envelope({**head, "u": str(other)}, {**body, "user_id": str(other)})
 
     return make
 
@@ -989,8 +946,10 @@ def _same_checked_fields(genuine: bytes, spoiled: bytes) -> bool:
 
 @PROPERTY
 @given(tamper=tampers)
-async def test_tampered_envelopes_are_counted_misses(world: World, tamper: Tamper) -> None:
-    w = world
+async def test_tampered_envelopes_are_counted_misses(
+    harness: IsolationHarness, tamper: Tamper
+) -> None:
+    w = harness
     victim, other = w.refs["ref"], w.refs["ref:x"]
     merged = K.merged_key(victim, THEME)
     writer = w.cache()
@@ -1063,8 +1022,8 @@ async def test_tampered_envelopes_are_counted_misses(world: World, tamper: Tampe
 # -- 7. bugs found here -------------------------------------------------------------------
 
 
-async def test_lone_surrogate_domain_is_refused_before_any_io(world: World) -> None:
-    w = world
+async def test_lone_surrogate_domain_is_refused_before_any_io(harness: IsolationHarness) -> None:
+    w = harness
     cache = w.cache()
     repo = w.repo(cache)
     try:
@@ -1079,9 +1038,9 @@ async def test_lone_surrogate_domain_is_refused_before_any_io(world: World) -> N
         await cache.aclose()
 
 
-async def test_one_hostile_domain_id_does_not_switch_valkey_off(world: World) -> None:
-    w = world
-    clock = Clock()
+async def test_one_hostile_domain_id_does_not_switch_valkey_off(harness: IsolationHarness) -> None:
+    w = harness
+    clock = FakeClock()
     cooldown = 5.0
     cache = w.cache(timer=clock, breaker_cooldown=cooldown)
     repo = w.repo(cache)
@@ -1103,11 +1062,13 @@ async def test_one_hostile_domain_id_does_not_switch_valkey_off(world: World) ->
 
 
 @pytest.mark.parametrize("names", [None, 3, "generator"])
-async def test_names_that_are_not_a_list_get_a_clear_error(world: World, names: Any) -> None:
+async def test_names_that_are_not_a_list_get_a_clear_error(
+    harness: IsolationHarness, names: Any
+) -> None:
     if names == "generator":
         names = (n for n in [THEME])
-    repo = world.repo(None)
-    out = await world.attempt(lambda: repo.app_configs(world.refs["ref"], names))
+    repo = harness.repo(None)
+    out = await harness.attempt(lambda: repo.app_configs(harness.refs["ref"], names))
     assert isinstance(out.error, AppConfigValidationError)
     out.assert_no_io()
 
