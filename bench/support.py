@@ -1,4 +1,4 @@
-"""Shared pieces of the bench suite: the seeded world, the op runner, counters.
+"""Shared pieces of the bench suite: the seeded session, the op runner, counting trips.
 
 Every figure is a *per-op* time: a benchmark round runs one coroutine that
 performs ``ops_per_round`` operations on a persistent event loop, and
@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.data import truncate_tables
+from tests.support.internals import merged_view_statement
+from tests.support.sql import count_sql
+from tests.support.valkey import CountingValkey
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -107,7 +109,7 @@ def user_names(index: int) -> list[str]:
 
 
 @dataclass
-class World:
+class BenchSession:
     """The servers, the engine, the client and the seeded population of one session."""
 
     loop: asyncio.AbstractEventLoop
@@ -180,10 +182,8 @@ async def seed(engine: AsyncEngine, rng: random.Random) -> dict[str, Any]:
         for name in user_names(i):
             fragment(S.USER, str(uid), name, user_config(name, i))
 
+    await truncate_tables(engine)
     async with engine.begin() as conn:
-        await conn.execute(
-            sa.text("TRUNCATE users, app_config_policies, app_config_fragments CASCADE")
-        )
         await conn.execute(
             sa.insert(policies),
             [
@@ -221,7 +221,7 @@ def scaled(benchmark: Any, real: int, smoke: int) -> int:
 
 def measure(
     benchmark: Any,
-    world: World,
+    bench: BenchSession,
     key: str,
     body: Callable[[], Awaitable[Any]],
     *,
@@ -238,7 +238,7 @@ def measure(
     benchmark.extra_info["key"] = key
     benchmark.extra_info["ops_per_round"] = ops
     benchmark.extra_info.update(info)
-    loop = world.loop
+    loop = bench.loop
 
     def target() -> None:
         loop.run_until_complete(body())
@@ -251,98 +251,17 @@ def measure(
     )
 
 
-# -- counters -------------------------------------------------------------------------------
-
-
-class CountingValkey:
-    """Passes every call to a valkey-py client and counts the round trips.
-
-    A command awaited on the client is one round trip; a pipeline is one at
-    ``execute()``. Used in untimed passes only.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.round_trips = 0
-        self.commands: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = attr(*args, **kwargs)
-            if not asyncio.iscoroutine(result):
-                return result
-
-            async def counted() -> Any:
-                self.round_trips += 1
-                self.commands.append(name)
-                return await result
-
-            return counted()
-
-        return call
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        return _CountingPipeline(self._inner.pipeline(*args, **kwargs), self)
-
-
-class _CountingPipeline:
-    def __init__(self, inner: Any, owner: CountingValkey) -> None:
-        self._inner = inner
-        self._owner = owner
-        self._names: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def queue(*args: Any, **kwargs: Any) -> Any:
-            self._names.append(name)
-            attr(*args, **kwargs)
-            return self
-
-        return queue
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        self._owner.round_trips += 1
-        self._owner.commands.append("pipeline[" + ",".join(self._names) + "]")
-        return await self._inner.execute(*args, **kwargs)
-
-
-class SqlCounter:
-    """Counts the statements an engine sends, while active."""
-
-    def __init__(self) -> None:
-        self.statements = 0
-
-    def _on_execute(self, *_args: Any, **_kwargs: Any) -> None:
-        self.statements += 1
-
-    @contextmanager
-    def watching(self, engine: AsyncEngine) -> Iterator[SqlCounter]:
-        target = engine.sync_engine
-        event.listen(target, "before_cursor_execute", self._on_execute)
-        try:
-            yield self
-        finally:
-            event.remove(target, "before_cursor_execute", self._on_execute)
-
-
 # -- state helpers ----------------------------------------------------------------------------
 
 
-async def warm_valkey(world: World, user_ids: list[UUID], names: list[str]) -> None:
+async def warm_valkey(bench: BenchSession, user_ids: list[UUID], names: list[str]) -> None:
     """Put the envelopes of ``user_ids`` x ``names`` into Valkey, as the read path does.
 
     A process that does not know a user's domain skips the envelope fill once,
     so an L2-only cache source reads twice; the third read must be a Valkey hit.
     """
-    cache = AppConfigFragmentCacheSource(world.client, local_maxsize=0)
-    repo = world.repo(cache)
+    cache = AppConfigFragmentCacheSource(bench.client, local_maxsize=0)
+    repo = bench.repo(cache)
     try:
         for _ in range(2):
             for uid in user_ids:
@@ -364,7 +283,7 @@ async def drain(cache: AppConfigFragmentCacheSource | None) -> None:
 
 
 async def count_trips(
-    world: World,
+    bench: BenchSession,
     op: Callable[[AppConfigFragmentRepository], Awaitable[Any]],
     *,
     prepare: Callable[[AppConfigFragmentRepository], Awaitable[Any]] | None = None,
@@ -374,26 +293,38 @@ async def count_trips(
 
     ``prepare`` brings a fresh cache source into the state the benchmark measures.
     """
-    counting = CountingValkey(world.client)
+    counting = CountingValkey(bench.client)
     cache = AppConfigFragmentCacheSource(counting, **cache_kwargs)
-    repo = world.repo(cache)
+    repo = bench.repo(cache)
     try:
         if prepare is not None:
             await prepare(repo)
-            await cache.drain()
-        counting.round_trips = 0
-        counting.commands.clear()
-        counter = SqlCounter()
-        with counter.watching(world.engine):
-            await op(repo)
-            await cache.drain()  # the background fill is a round trip of this op too
-        return {
-            "valkey_round_trips": counting.round_trips,
-            "sql_statements": counter.statements,
-            "valkey_calls": list(counting.commands),
-        }
+        return await trips_of(bench, counting, lambda: op(repo), cache)
     finally:
         await cache.aclose()
+
+
+async def trips_of(
+    bench: BenchSession,
+    counting: CountingValkey,
+    op: Callable[[], Awaitable[Any]],
+    cache: AppConfigFragmentCacheSource | None = None,
+) -> dict[str, Any]:
+    """Valkey round trips (on ``counting``) and SQL statements of ``op()``.
+
+    The cache source's background work is drained before and after: a background fill
+    is a round trip of this op too.
+    """
+    await drain(cache)
+    counting.reset()
+    with count_sql(bench.engine) as sql:
+        await op()
+        await drain(cache)
+    return {
+        "valkey_round_trips": counting.round_trips,
+        "sql_statements": sql.count,
+        "valkey_calls": [call.label for call in counting.calls],
+    }
 
 
 def record_latency(benchmark: Any, samples: list[float]) -> None:
@@ -408,20 +339,8 @@ def record_latency(benchmark: Any, samples: list[float]) -> None:
         benchmark.extra_info["latency_p95"] = ordered[int(len(ordered) * 0.95)]
 
 
-def stats_delta(before: Any, after: Any, *fields: str) -> dict[str, int]:
-    return {f: getattr(after, f) - getattr(before, f) for f in fields}
-
-
-def snapshot(cache: AppConfigFragmentCacheSource) -> Any:
-    from dataclasses import replace
-
-    return replace(cache.stats)
-
-
 def merged_view_sql() -> tuple[Any, str]:
     """The repository's merged-view statement, and the same text for asyncpg (``$1``, ``$2``)."""
-    from appconfig_cache.repositories.app_config_fragment.db_source import db_source
-
-    statement = db_source._MERGED_VIEW_SQL
+    statement = merged_view_statement()
     text = statement.element.text.replace(":uid", "$1").replace(":names", "$2")
     return statement, text
