@@ -36,7 +36,7 @@ from tests.support.fragments import (
     USER,
     fragment_input,
 )
-from tests.support.internals import background_tasks
+from tests.support.internals import background_tasks, db_source_of
 from tests.support.valkey import CountingValkey
 
 LOCAL_TTL = 2.0
@@ -271,6 +271,78 @@ async def assert_transparent(t: Tiers, w: FourUsers, names: tuple[str, ...] | No
         for name, expected in zip(names, truth, strict=True):
             got = await t.repo.app_config(uid, name)
             assert got == expected, (t.mode, uid, name)
+
+
+# -- priming and probing the tiers ----------------------------------------------------------
+
+
+async def prime(t: Tiers, pairs: list[tuple[UUID, str]]) -> None:
+    """Read each pair until it is cached in every tier the configuration has.
+
+    The first read of a user in a process does not know the user's domain yet and
+    fills only ``user_domain``; the second fills the envelope.
+    """
+    for uid, name in pairs:
+        await t.repo.app_config(uid, name)
+        if t.cache is not None:
+            await t.cache.drain()
+            t.clock.advance(LOCAL_TTL)  # L1 and the generation cache expire: go to Valkey
+            await t.repo.app_config(uid, name)
+            await t.cache.drain()
+    if t.cache is not None:
+        for uid, name in pairs:  # every pair is a hit now, and L1 holds it again
+            before = t.db_loads()
+            await t.repo.app_config(uid, name)
+            assert t.db_loads() == before, (uid, name)
+        await t.cache.drain()
+
+
+async def reads_hit(t: Tiers, pairs: list[tuple[UUID, str]]) -> dict[tuple[UUID, str], bool]:
+    """Read each pair once; True where a cached view was served as it was.
+
+    False where the read went to the DB or recomposed the view (a shared part
+    read before, by another user of the domain, costs no query of its own).
+    """
+    assert t.cache is not None
+    out = {}
+    for uid, name in pairs:
+        before = t.db_loads(), rebuilt(t.cache)
+        got = await t.repo.app_config(uid, name)
+        assert got == await t.db.app_config(uid, name), (t.mode, uid, name)
+        out[(uid, name)] = (t.db_loads(), rebuilt(t.cache)) == before
+    await t.cache.drain()
+    return out
+
+
+def every_pair(w: FourUsers) -> list[tuple[UUID, str]]:
+    return [(uid, name) for uid in w.users for name in w.names]
+
+
+# -- parking a load ---------------------------------------------------------------------------
+
+
+class PausedLoader:
+    """Wraps the DB source's ``load_views``: the first ``pause`` calls stop after their DB read."""
+
+    def __init__(self, repo: Any, pause: int = 1) -> None:
+        self.db = db_source_of(repo)
+        self.real = self.db.load_views
+        self.pause = pause
+        self.calls: list[list[str]] = []
+        self.read_done = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.db.load_views = self
+
+    async def __call__(self, user_id: UUID, names: Any) -> Any:
+        self.calls.append(list(names))
+        result = await self.real(user_id, names)
+        if len(self.calls) <= self.pause:
+            self.read_done.set()
+            await self.resume.wait()
+        return result
+
+    def restore(self) -> None:
+        self.db.load_views = self.real
 
 
 # -- the same suite on a Valkey Cluster ----------------------------------------------------------

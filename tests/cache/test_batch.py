@@ -27,12 +27,12 @@ from tests.support.valkey import commandstats, commandstats_delta
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
+    PausedLoader,
     Tiers,
     hang_guard,
     seed_four_users,
     standalone_shape_only,
 )
-from .test_behaviour import PausedLoader
 
 DOCS = [f"doc{i}" for i in range(8)]
 

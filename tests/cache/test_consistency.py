@@ -31,6 +31,7 @@ from tests.support.valkey import Call, PauseAt
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
+    PausedLoader,
     Tiers,
     build_tiers,
     close_tiers,
@@ -38,7 +39,6 @@ from .conftest import (
     hang_guard,
     seed_four_users,
 )
-from .test_behaviour import PausedLoader
 
 Write = Callable[
     [Tiers, FourUsers, AppConfigFragmentRepository, AppConfigPolicyRepository], Awaitable[Any]
