@@ -312,3 +312,47 @@ async def make_stack(engine: AsyncEngine) -> AsyncIterator[StackFactory]:
     for stack in made:
         await stack.cache.aclose()
         await stack.client.aclose()
+
+
+# -- recovering, and a second process --------------------------------------------------------
+
+#: the breaker cool-down of the fault tests
+COOLDOWN = 5.0
+
+
+async def recover(load: Load, cache: AppConfigFragmentCacheSource, clock: FakeClock) -> int:
+    """Valkey is back: move the clock past each cool-down until a full sweep is all L2 hits.
+
+    Returns how many times the breaker opened again on the way (stale pooled
+    connections each fail once: see ``test_reset_idle_connections_...``).
+    """
+    opens = cache.stats.breaker_opens
+    keys = len(load.population.users) * len(load.population.names)
+    for _ in range(20):
+        clock.advance(COOLDOWN + 0.1)
+        await load.read_round()
+        stats = cache.stats
+        if stats.breaker_state != "closed" or stats.pending_bumps:
+            continue
+        await load.sweep()
+        if (await load.sweep()) == (keys, 0):
+            return cache.stats.breaker_opens - opens
+    raise AssertionError(f"the cache did not recover: {cache.stats}")
+
+
+class Reader:
+    def __init__(self, client: Any, cache: AppConfigFragmentCacheSource, engine: AsyncEngine):
+        self.client, self.cache = client, cache
+        self.repo = AppConfigFragmentRepository(engine, cache_source=cache)
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        await self.client.aclose()
+
+
+async def fresh_reader(engine: AsyncEngine, url: str, **kw: Any) -> Reader:
+    """Another process: its own client, L1 and generation cache."""
+    from appconfig_cache import make_valkey_client
+
+    client = make_valkey_client(url, socket_timeout=0.3)
+    return Reader(client, AppConfigFragmentCacheSource(client, timer=FakeClock(), **kw), engine)
