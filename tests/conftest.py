@@ -40,14 +40,15 @@ def _session_embedded_valkey() -> Iterator[EmbeddedValkey]:
         yield server
 
 
+def _external_or_embedded(request: pytest.FixtureRequest, env: str, embedded: str) -> str:
+    """``$env`` if set, else the URL of the session's embedded server (started now if need be)."""
+    return os.environ.get(env) or request.getfixturevalue(embedded).url
+
+
 @pytest.fixture(scope="session")
 def valkey_url(request: pytest.FixtureRequest) -> str:
     """``$APPCONFIG_CACHE_VALKEY_URL`` or the session's embedded Valkey."""
-    external = os.environ.get(VALKEY_URL_ENV)
-    if external:
-        return external
-    server: EmbeddedValkey = request.getfixturevalue("_session_embedded_valkey")
-    return server.url
+    return _external_or_embedded(request, VALKEY_URL_ENV, "_session_embedded_valkey")
 
 
 @pytest.fixture
@@ -155,11 +156,7 @@ def _session_embedded_cluster() -> Iterator[EmbeddedValkeyCluster]:
 @pytest.fixture(scope="session")
 def valkey_cluster_url(request: pytest.FixtureRequest) -> str:
     """``$APPCONFIG_CACHE_VALKEY_CLUSTER_URL`` or node 0 of the session's embedded cluster."""
-    external = os.environ.get(CLUSTER_URL_ENV)
-    if external:
-        return external
-    cluster: EmbeddedValkeyCluster = request.getfixturevalue("_session_embedded_cluster")
-    return cluster.url
+    return _external_or_embedded(request, CLUSTER_URL_ENV, "_session_embedded_cluster")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -23,10 +23,6 @@ from appconfig_cache import (
 from appconfig_cache.repositories.app_config_fragment.repository import MAX_BATCH_NAMES
 from tests.support.data import add_policy, add_user, fragment_rows, table_snapshot
 from tests.support.fragments import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
     domain_defaults_fragment,
     domain_fragment,
     fragment_input,
@@ -38,6 +34,7 @@ from tests.support.fragments import (
     raw_my_fragment,
     user_fragment,
 )
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import count_sql
 
 

@@ -37,16 +37,13 @@ from appconfig_cache.validation import (
 )
 from tests.support.data import add_policy, add_user, fragment_rows, table_snapshot
 from tests.support.fragments import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
     fragment_input,
     raw_fragment_input,
     raw_fragment_key,
     raw_my_fragment,
     user_fragment,
 )
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import count_sql
 
 UID = uuid.UUID("3b0c5a8e-0d4f-4e8a-9d6a-6b1e2f3a4c5d")

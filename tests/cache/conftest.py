@@ -12,8 +12,9 @@ import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
 import pytest
@@ -28,16 +29,12 @@ from appconfig_cache import (
 )
 from tests.support.clock import FakeClock
 from tests.support.data import add_users
-from tests.support.fragments import (
-    ALL_SCOPES,
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    fragment_input,
-)
+from tests.support.fragments import fragment_input
 from tests.support.internals import background_tasks, db_source_of
+from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.valkey import CountingValkey
+
+T = TypeVar("T")
 
 LOCAL_TTL = 2.0
 MODES = ["db", "valkey", "l1+valkey"]
@@ -183,26 +180,32 @@ async def close_tiers(tiers: Tiers) -> None:
     assert not stuck, "a cache source had loads that never finished (cancelled at teardown)"
 
 
+@asynccontextmanager
+async def open_tiers(
+    mode: str, engine: AsyncEngine, valkey: valkey_asyncio.Valkey
+) -> AsyncIterator[Tiers]:
+    """The configuration ``mode``, closed (and checked for stuck loads) at the end."""
+    built = await build_tiers(mode, engine, valkey)
+    try:
+        yield built
+    finally:
+        await close_tiers(built)
+
+
 @pytest_asyncio.fixture(params=MODES)
 async def tiers(
     request: pytest.FixtureRequest, engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey
 ) -> AsyncIterator[Tiers]:
     """The suite's three configurations: "db", "valkey" (no L1) and "l1+valkey"."""
-    built = await build_tiers(request.param, engine, valkey_client)
-    try:
+    async with open_tiers(request.param, engine, valkey_client) as built:
         yield built
-    finally:
-        await close_tiers(built)
 
 
 @pytest_asyncio.fixture
 async def l1(engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey) -> AsyncIterator[Tiers]:
     """Only the default configuration, for tests that do not depend on the tiers."""
-    built = await build_tiers("l1+valkey", engine, valkey_client)
-    try:
+    async with open_tiers("l1+valkey", engine, valkey_client) as built:
         yield built
-    finally:
-        await close_tiers(built)
 
 
 @pytest_asyncio.fixture(params=CACHED_MODES)
@@ -210,11 +213,8 @@ async def cached(
     request: pytest.FixtureRequest, engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey
 ) -> AsyncIterator[Tiers]:
     """The two configurations that have a cache source."""
-    built = await build_tiers(request.param, engine, valkey_client)
-    try:
+    async with open_tiers(request.param, engine, valkey_client) as built:
         yield built
-    finally:
-        await close_tiers(built)
 
 
 # -- a small world --------------------------------------------------------------------------
@@ -343,6 +343,14 @@ class PausedLoader:
 
     def restore(self) -> None:
         self.db.load_views = self.real
+
+
+async def park_read(t: Tiers, read: Awaitable[T]) -> tuple[PausedLoader, asyncio.Task[T]]:
+    """Start ``read``; return once its DB load has read and parked (``loader.resume`` goes on)."""
+    loader = PausedLoader(t.repo)
+    task = asyncio.create_task(read)  # type: ignore[arg-type]
+    await loader.read_done.wait()
+    return loader, task
 
 
 # -- the same suite on a Valkey Cluster ----------------------------------------------------------

@@ -20,7 +20,8 @@ from appconfig_cache import (
 )
 from appconfig_cache.models import policies as policies_table
 from appconfig_cache.repositories.app_config_fragment.repository import MAX_BATCH_NAMES
-from tests.support.fragments import ALL_SCOPES, DOMAIN, PUBLIC, USER, fragment_input, fragment_key
+from tests.support.fragments import fragment_input, fragment_key
+from tests.support.scopes import ALL_SCOPES, DOMAIN, PUBLIC, USER
 from tests.support.sql import count_sql
 from tests.support.valkey import commandstats, commandstats_delta
 
@@ -30,6 +31,7 @@ from .conftest import (
     PausedLoader,
     Tiers,
     hang_guard,
+    park_read,
     seed_four_users,
     standalone_shape_only,
 )
@@ -372,9 +374,7 @@ async def test_batch_joins_a_single_read_flight_and_loads_the_rest(cached: Tiers
     t = cached
     assert t.cache is not None
     w = await seed_four_users(t)
-    loader = PausedLoader(t.repo)
-    single = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()
+    loader, single = await park_read(t, t.repo.app_config(w.u1, "theme"))
     batch = asyncio.create_task(t.repo.app_configs(w.u1, ["menu", "theme"]))
     await asyncio.sleep(0)
     while len(loader.calls) < 2:  # the batch's own load (of "menu" only) has started
@@ -393,9 +393,7 @@ async def test_batch_after_invalidation_does_not_join_older_flights(cached: Tier
     t = cached
     assert t.cache is not None
     w = await seed_four_users(t)
-    loader = PausedLoader(t.repo)
-    old_batch = asyncio.create_task(t.repo.app_configs(w.u1, ["theme", "menu"]))
-    await loader.read_done.wait()
+    loader, old_batch = await park_read(t, t.repo.app_configs(w.u1, ["theme", "menu"]))
     await t.repo.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"v": "new"})])
     new = await t.repo.app_configs(w.u1, ["menu", "theme"])
     assert new == [await t.db.app_config(w.u1, n) for n in ("menu", "theme")]

@@ -23,17 +23,12 @@ from appconfig_cache import (
     MyFragmentInput,
 )
 from tests.support.fragments import (
-    ALL_SCOPES,
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
     fragment_input,
     fragment_key,
     raw_fragment_input,
     raw_my_fragment,
-    scope_id_of,
 )
+from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER, scope_id_of
 from tests.support.valkey import commandstats, commandstats_delta, incr_calls
 
 from .conftest import (

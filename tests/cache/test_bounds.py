@@ -10,12 +10,9 @@ from appconfig_cache import (
     AppConfigFragmentRepository,
 )
 from tests.support.data import add_users
-from tests.support.fragments import (
-    PUBLIC,
-    USER,
-    fragment_input,
-)
+from tests.support.fragments import fragment_input
 from tests.support.internals import l1_entries
+from tests.support.scopes import PUBLIC, USER
 
 from .conftest import (
     LOCAL_TTL,

@@ -24,19 +24,19 @@ from appconfig_cache import (
     MyFragmentInput,
 )
 from tests.support.envelopes import servable_envelope
-from tests.support.fragments import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER, fragment_input
+from tests.support.fragments import fragment_input
 from tests.support.internals import clear_l1
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.valkey import Call, PauseAt
 
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
-    PausedLoader,
     Tiers,
-    build_tiers,
-    close_tiers,
     expect,
     hang_guard,
+    open_tiers,
+    park_read,
     seed_four_users,
 )
 
@@ -132,9 +132,8 @@ async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> 
     await b_repo.app_config(w.u2, "theme")
     await b_cache.drain()
 
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()  # the reader has the old value, not yet stored anywhere
+    # the reader has the old value, not yet stored anywhere
+    loader, reader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     loader.restore()
     await WRITES[write](t, w, t.repo, t.policies)  # the write and its invalidation complete
     loader.resume.set()
@@ -157,9 +156,7 @@ async def test_stale_set_of_a_batch(cached: Tiers, write: str) -> None:
     w = await seed_four_users(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.app_configs(w.u1, ["menu", "theme"]))
-    await loader.read_done.wait()
+    loader, reader = await park_read(t, t.repo.app_configs(w.u1, ["menu", "theme"]))
     assert loader.calls == [["menu", "theme"]]
     loader.restore()
     await WRITES[write](t, w, t.repo, t.policies)
@@ -177,9 +174,7 @@ async def test_stale_set_with_my_app_configs(cached: Tiers) -> None:
     w = await seed_four_users(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.my_app_configs(w.u1))
-    await loader.read_done.wait()
+    loader, reader = await park_read(t, t.repo.my_app_configs(w.u1))
     loader.restore()
     await _write_user(t, w, t.repo, t.policies)
     loader.resume.set()
@@ -252,8 +247,7 @@ async def test_read_during_the_invalidation_round_trip(
     for a pooled connection; ``after``: applied by Valkey, reply not yet processed). A
     read in the same process runs meanwhile. Once the write returns, I2 says every read
     reflects it."""
-    t = await build_tiers(mode, engine, valkey_client)
-    try:
+    async with open_tiers(mode, engine, valkey_client) as t:
         assert t.cache is not None and t.client is not None
         w = await seed_four_users(t)
         await _fill_envelope(t, w)
@@ -276,8 +270,6 @@ async def test_read_during_the_invalidation_round_trip(
         expect(after == truth, f"[{mode}] the write returned, then the old value was served")
         await t.cache.drain()
         expect(await t.repo.app_config(w.u1, "theme") == truth, "old value served again")
-    finally:
-        await close_tiers(t)
 
 
 # -- I4: two instances with separate L1s over one Valkey -------------------------------------

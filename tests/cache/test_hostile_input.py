@@ -17,14 +17,8 @@ from appconfig_cache import (
 )
 from tests.support.data import add_users
 from tests.support.envelopes import join_envelope, split_envelope
-from tests.support.fragments import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    fragment_input,
-    raw_my_fragment,
-)
+from tests.support.fragments import fragment_input, raw_my_fragment
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import count_sql
 from tests.support.valkey import commandstats, commandstats_delta
 

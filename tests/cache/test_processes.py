@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import AppConfigFragmentRepository, AppConfigPolicyRepository
 from tests.support.data import add_users
-from tests.support.fragments import DOMAIN, PUBLIC, USER, fragment_input
+from tests.support.fragments import fragment_input
+from tests.support.scopes import DOMAIN, PUBLIC, USER
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 

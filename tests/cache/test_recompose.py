@@ -14,8 +14,9 @@ import pytest
 
 from appconfig_cache import AppConfigPolicyRepository, MyFragmentInput
 from tests.support.data import add_users
-from tests.support.fragments import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER, fragment_input
+from tests.support.fragments import fragment_input
 from tests.support.internals import clear_l1
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import SqlStatements, count_sql
 
 from .conftest import LOCAL_TTL, FourUsers, Tiers, rebuilt, seed_four_users

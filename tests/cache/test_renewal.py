@@ -13,8 +13,8 @@ from uuid import UUID
 
 from appconfig_cache import AppConfigFragmentRepository
 from tests.support.clock import FakeClock
-from tests.support.fragments import DOMAIN
 from tests.support.internals import trip_breaker, valkey_usable
+from tests.support.scopes import DOMAIN
 from tests.support.valkey import CountingValkey, PauseAt
 
 from .conftest import LOCAL_TTL, SUITE_ON_CLUSTER_ENV, Tiers, seed_four_users

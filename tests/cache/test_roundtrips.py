@@ -13,14 +13,8 @@ from uuid import uuid4
 import pytest
 
 from tests.support.data import add_users
-from tests.support.fragments import (
-    ALL_SCOPES,
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    fragment_input,
-)
+from tests.support.fragments import fragment_input
+from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import count_sql
 from tests.support.valkey import commandstats, commandstats_delta, incr_calls
 

@@ -15,10 +15,10 @@ from tests.support.internals import db_source_of
 from tests.support.sql import count_sql
 
 from .conftest import (
-    PausedLoader,
     Tiers,
     build_tiers,
     hang_guard,
+    park_read,
     seed_four_users,
 )
 
@@ -59,9 +59,7 @@ async def test_cancelled_waiter_does_not_cancel_the_others(cached: Tiers) -> Non
     t = cached
     assert t.cache is not None
     w = await seed_four_users(t)
-    loader = PausedLoader(t.repo)
-    leader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()
+    loader, leader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     waiters = [asyncio.create_task(t.repo.app_config(w.u1, "theme")) for _ in range(5)]
     await asyncio.sleep(0)  # they have joined the leader's flight
     waiters[2].cancel()
@@ -83,9 +81,7 @@ async def test_cancelled_leader_does_not_cancel_the_others(cached: Tiers) -> Non
     t = cached
     assert t.cache is not None
     w = await seed_four_users(t)
-    loader = PausedLoader(t.repo)
-    leader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()
+    loader, leader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     waiters = [asyncio.create_task(t.repo.app_config(w.u1, "theme")) for _ in range(5)]
     await asyncio.sleep(0)
     leader.cancel()
@@ -106,9 +102,8 @@ async def test_read_after_invalidation_does_not_join_an_older_flight(cached: Tie
     t = cached
     assert t.cache is not None
     w = await seed_four_users(t)
-    loader = PausedLoader(t.repo)
-    old_reader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()  # the old flight has read the old value
+    # the old flight has read the old value
+    loader, old_reader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"v": "new"})])
     # bulk_update_my read its own result: it did not join the old flight either
     assert loader.calls == [["theme"], ["theme"]]

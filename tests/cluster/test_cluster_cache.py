@@ -30,10 +30,6 @@ from appconfig_cache import (
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user, truncate_tables
 from tests.support.fragments import (
-    ALL_SCOPES,
-    DOMAIN,
-    PUBLIC,
-    USER,
     domain_defaults_fragment,
     domain_fragment,
     fragment_key,
@@ -41,6 +37,7 @@ from tests.support.fragments import (
     public_fragment,
     user_fragment,
 )
+from tests.support.scopes import ALL_SCOPES, DOMAIN, PUBLIC, USER
 from tests.support.valkey import Call, Command, CountingValkey
 
 pytestmark = pytest.mark.cluster

@@ -34,7 +34,8 @@ from appconfig_cache.errors import CacheSettingsError
 from appconfig_cache.tiered import keys as K
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user
-from tests.support.fragments import ALL_SCOPES, domain_fragment, my_fragment, public_fragment
+from tests.support.fragments import domain_fragment, my_fragment, public_fragment
+from tests.support.scopes import ALL_SCOPES
 from tests.support.valkey import WireRecorder, direct_client
 
 pytestmark = pytest.mark.cluster

@@ -10,12 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from appconfig_cache import AppConfigFragmentRepository
 from tests.support.data import add_policy, add_user
 from tests.support.fragments import (
-    ALL_SCOPES,
     domain_defaults_fragment,
     domain_fragment,
     public_fragment,
     user_fragment,
 )
+from tests.support.scopes import ALL_SCOPES
 from tests.support.valkey import WireRecorder, direct_client
 
 from .hostile import MENU, POLICY_NAMES, REF_DOMAINS, THEME, WRITER_DOMAIN, IsolationHarness

@@ -30,10 +30,7 @@ from appconfig_cache import (
 )
 from appconfig_cache.tiered import keys as K
 from tests.support.clock import FakeClock
-from tests.support.fragments import (
-    PUBLIC,
-    USER,
-)
+from tests.support.scopes import PUBLIC, USER
 from tests.support.sql import count_sql
 from tests.support.valkey import WireRecorder
 

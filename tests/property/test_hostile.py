@@ -52,16 +52,13 @@ from appconfig_cache.tiered import keys as K
 from tests.support.clock import FakeClock
 from tests.support.data import add_user
 from tests.support.fragments import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
     domain_defaults_fragment,
     domain_fragment,
     raw_fragment_input,
     raw_fragment_key,
     raw_my_fragment,
 )
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 
 from .hostile import (
     LOCAL_TTL,

@@ -17,9 +17,7 @@ from hypothesis import strategies as st
 
 from appconfig_cache.tiered import keys as K
 from tests.support.envelopes import join_envelope, split_envelope
-from tests.support.fragments import (
-    USER,
-)
+from tests.support.scopes import USER
 
 from .hostile import MENU, PROPERTY, THEME, IsolationHarness, valid_names
 

@@ -3,7 +3,8 @@
 - ``clock``: the fake clock injected as ``timer=``;
 - ``valkey``: the client wrapper that counts round trips, the wire recorder, INFO counters;
 - ``sql``: the SQL statement counter;
-- ``fragments``: scope constants and fragment builders;
+- ``scopes``: the scope types by name, and the scope id a user reads;
+- ``fragments``: fragment keys and inputs;
 - ``data``: rows in the tables (users, policies), table snapshots;
 - ``envelopes``: reading and rewriting the envelopes the cache source stores in Valkey;
 - ``stats``: changes of a cache source's statistics;

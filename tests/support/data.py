@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from appconfig_cache import AppConfigPolicyData, AppConfigPolicyRepository, AppConfigScopeType
 from appconfig_cache.models import users
 
-from .fragments import ALL_SCOPES
+from .scopes import ALL_SCOPES
 
 TABLES = ("users", "app_config_policies", "app_config_fragments")
 
