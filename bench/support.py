@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 from uuid import UUID
 
@@ -49,6 +50,12 @@ NAMES: list[str] = list(POLICIES)
 #: the document the single-key benchmarks read
 NAME = "theme"
 DOMAINS = ("default", "research", "ops", "edu")
+
+#: the same loop shape everywhere: N_FAST ops for in-memory work, N_RT for one network round
+#: trip, N_SQL for a query (the per-round cost of run_until_complete is spread over them)
+N_FAST = 2000
+N_RT = 50
+N_SQL = 20
 
 N_HOT = 64  # users of the single-key benchmarks (all fit every tier)
 N_WORK = 2000  # the Zipf population of the throughput workload; also "returning" users
@@ -325,6 +332,26 @@ async def trips_of(
         "sql_statements": sql.count,
         "valkey_calls": [call.label for call in counting.calls],
     }
+
+
+def timed_reads(
+    get: Callable[[UUID, str], Awaitable[Any]],
+    users: list[UUID],
+    latencies: list[float],
+    cache: AppConfigFragmentCacheSource | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """A round body: read ``NAME`` for each of ``users`` (the list may be refilled between
+    rounds), each read's latency appended to ``latencies``; then ``cache`` drained (the
+    Valkey fills run in the background: they are counted in)."""
+
+    async def body() -> None:
+        for uid in users:
+            started = perf_counter()
+            await get(uid, NAME)
+            latencies.append(perf_counter() - started)
+        await drain(cache)
+
+    return body
 
 
 def record_latency(benchmark: Any, samples: list[float]) -> None:

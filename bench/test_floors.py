@@ -9,29 +9,34 @@ from cachetools import TTLCache
 
 from appconfig_cache.tiered import keys as K
 
-from .support import NAME, BenchSession, measure, merged_view_sql, scaled, warm_valkey
+from .support import (
+    N_FAST,
+    N_RT,
+    N_SQL,
+    NAME,
+    BenchSession,
+    measure,
+    merged_view_sql,
+    scaled,
+    warm_valkey,
+)
 
 pytestmark = pytest.mark.benchmark(group="floors")
 
-# Same loop shape everywhere: N_FAST ops for in-memory work, N_RT for one network round
-# trip, N_SQL for a query (the per-round cost of run_until_complete is spread over them).
-N_FAST = 2000
-N_RT = 50
-N_SQL = 20
 
-
-def _hot_view(bench: BenchSession):
-    repo = bench.repo(None)
-    return bench.run(repo.app_config(bench.hot_users[0], NAME))
-
-
-def test_ttlcache_hit(benchmark, bench: BenchSession) -> None:
-    """A raw ``cachetools.TTLCache`` hit of the same view, in the coroutine loop."""
-    view = _hot_view(bench)
+def _filled_ttlcache(bench: BenchSession) -> tuple[TTLCache, list]:
+    """A raw ``TTLCache`` holding the same view under every hot user's key, and the keys."""
+    view = bench.run(bench.repo(None).app_config(bench.hot_users[0], NAME))
     cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
     keys = [(uid, NAME) for uid in bench.hot_users]
     for key in keys:
         cache[key] = view
+    return cache, keys
+
+
+def test_ttlcache_hit(benchmark, bench: BenchSession) -> None:
+    """A raw ``cachetools.TTLCache`` hit of the same view, in the coroutine loop."""
+    cache, keys = _filled_ttlcache(bench)
 
     async def body():
         value = None
@@ -44,11 +49,7 @@ def test_ttlcache_hit(benchmark, bench: BenchSession) -> None:
 
 def test_ttlcache_hit_awaited(benchmark, bench: BenchSession) -> None:
     """The same hit behind one ``await`` of a coroutine function (what any async API adds)."""
-    view = _hot_view(bench)
-    cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
-    keys = [(uid, NAME) for uid in bench.hot_users]
-    for key in keys:
-        cache[key] = view
+    cache, keys = _filled_ttlcache(bench)
 
     async def lookup(key):
         return cache[key]

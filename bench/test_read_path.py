@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from time import perf_counter
 
 import pytest
 from tests.support.stats import stats_change, stats_snapshot
@@ -14,22 +13,22 @@ from appconfig_cache import AppConfigScopeType
 from .legacy import LegacyAppConfigCacheSource, LegacyRepository
 from .legacy import merged_key as legacy_key
 from .support import (
+    N_FAST,
+    N_RT,
+    N_SQL,
     NAME,
     BenchSession,
     count_trips,
-    drain,
     measure,
     record_latency,
     scaled,
+    timed_reads,
     trips_of,
     warm_valkey,
 )
 
 pytestmark = pytest.mark.benchmark(group="read path")
 
-N_FAST = 2000
-N_RT = 50
-N_SQL = 20
 
 _COUNTERS = ("l1_hits", "l1_misses", "l2_hits", "l2_misses", "db_loads", "fills")
 
@@ -119,16 +118,8 @@ def test_miss_returning_user(benchmark, clean_valkey: BenchSession) -> None:
 
         bench.run(invalidate())
 
-    get = repo.app_config
-
     latencies: list[float] = []
-
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
-        await drain(cache)  # the Valkey fills run in the background: count them in
+    body = timed_reads(repo.app_config, batch, latencies, cache)
 
     before = stats_snapshot(cache)
     measure(benchmark, bench, "ours.miss_returning", body, ops=N_SQL, rounds=rounds, setup=setup)
@@ -160,16 +151,8 @@ def test_miss_new_user(benchmark, clean_valkey: BenchSession) -> None:
     def setup():
         batch[:] = bench.fresh_users(N_SQL)
 
-    get = repo.app_config
-
     latencies: list[float] = []
-
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
-        await drain(cache)  # the Valkey fills run in the background: count them in
+    body = timed_reads(repo.app_config, batch, latencies, cache)
 
     before = stats_snapshot(cache)
     measure(
@@ -200,15 +183,8 @@ def test_db_only(benchmark, bench: BenchSession) -> None:
     """The DB-only repository (``cache_source=None``): one SQL statement per read."""
     repo = bench.repo(None)
     users = bench.hot_users
-    get = repo.app_config
-
     latencies: list[float] = []
-
-    async def body():
-        for i in range(N_SQL):
-            started = perf_counter()
-            await get(users[i & 63], NAME)
-            latencies.append(perf_counter() - started)
+    body = timed_reads(repo.app_config, users[:N_SQL], latencies)
 
     measure(benchmark, bench, "ours.db_only", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1))
     record_latency(benchmark, latencies)
@@ -262,14 +238,8 @@ def test_legacy_miss(benchmark, clean_valkey: BenchSession) -> None:
         batch[:] = pool[start : start + N_SQL]
         bench.run(bench.client.delete(*[legacy_key(uid, NAME) for uid in batch]))
 
-    get = repo.app_config
     latencies: list[float] = []
-
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
+    body = timed_reads(repo.app_config, batch, latencies)
 
     loads = repo.db_loads
     rounds = scaled(benchmark, 30, 1)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from appconfig_cache import (
@@ -12,28 +10,13 @@ from appconfig_cache import (
     CacheSettingsError,
     MyFragmentInput,
 )
+from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _wait_for(predicate, what: str, attempts: int = 500) -> None:
-    """Bounded polling on a condition (yields to the loop; never a fixed sleep)."""
-    for _ in range(attempts):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.polling import wait_for
 
 
 async def _pair(engine, valkey_client, *, broadcast: bool):
-    clock_a, clock_b = Clock(), Clock()
+    clock_a, clock_b = FakeClock(), FakeClock()
     a = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_a)
     b = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_b)
     await a.start()
@@ -59,7 +42,9 @@ async def test_broadcast_drops_other_instances_l1_at_once(engine, valkey_client)
 
         await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
         # No clock moves: only the broadcast can make B drop its L1 entry.
-        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
+        await wait_for(
+            lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+        )
         assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
         assert b.stats.broadcast == "up"
     finally:
@@ -70,7 +55,7 @@ async def test_broadcast_drops_other_instances_l1_at_once(engine, valkey_client)
 async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valkey_client) -> None:
     await add_policy(engine, "theme")
     uid = await add_user(engine, domain="d1")
-    clock_b = Clock()
+    clock_b = FakeClock()
     a = AppConfigFragmentCacheSource(valkey_client)
     b = AppConfigFragmentCacheSource(valkey_client, local_ttl=2.0, timer=clock_b)
     repo_a, repo_b = AppConfigFragmentRepository(engine, a), AppConfigFragmentRepository(engine, b)
@@ -94,15 +79,23 @@ async def test_lost_subscription_falls_back_to_local_ttl(engine, valkey_client) 
         assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
         killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         assert killed >= 2
-        await _wait_for(lambda: b.stats.broadcast != "up", "B to notice the lost subscription")
+        await wait_for(
+            lambda: b.stats.broadcast != "up", what="B to notice the lost subscription", timeout=5.0
+        )
         # B neither clears nor bypasses L1: it still answers from L1.
         hits = b.stats.l1_hits
         assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
         assert b.stats.l1_hits == hits + 1
         # The subscription comes back by itself, and then works again.
-        await _wait_for(lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up", "resub")
+        await wait_for(
+            lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up",
+            what="resub",
+            timeout=5.0,
+        )
         await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
-        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
+        await wait_for(
+            lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+        )
         assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
     finally:
         await a.aclose()

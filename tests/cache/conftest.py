@@ -192,28 +192,30 @@ async def open_tiers(
         await close_tiers(built)
 
 
-@pytest_asyncio.fixture(params=MODES)
-async def tiers(
-    request: pytest.FixtureRequest, engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey
-) -> AsyncIterator[Tiers]:
-    """The suite's three configurations: "db", "valkey" (no L1) and "l1+valkey"."""
-    async with open_tiers(request.param, engine, valkey_client) as built:
-        yield built
+def _configurations(modes: list[str], doc: str) -> Any:
+    """A fixture parametrized over ``modes``: each test runs once in each configuration."""
+
+    @pytest_asyncio.fixture(params=modes)
+    async def fixture(
+        request: pytest.FixtureRequest, engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey
+    ) -> AsyncIterator[Tiers]:
+        async with open_tiers(request.param, engine, valkey_client) as built:
+            yield built
+
+    fixture.__doc__ = doc
+    return fixture
+
+
+tiers = _configurations(
+    MODES, """The suite's three configurations: "db", "valkey" (no L1) and "l1+valkey"."""
+)
+cached = _configurations(CACHED_MODES, "The two configurations that have a cache source.")
 
 
 @pytest_asyncio.fixture
 async def l1(engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey) -> AsyncIterator[Tiers]:
     """Only the default configuration, for tests that do not depend on the tiers."""
     async with open_tiers("l1+valkey", engine, valkey_client) as built:
-        yield built
-
-
-@pytest_asyncio.fixture(params=CACHED_MODES)
-async def cached(
-    request: pytest.FixtureRequest, engine: AsyncEngine, valkey_client: valkey_asyncio.Valkey
-) -> AsyncIterator[Tiers]:
-    """The two configurations that have a cache source."""
-    async with open_tiers(request.param, engine, valkey_client) as built:
         yield built
 
 
@@ -316,6 +318,17 @@ async def reads_hit(t: Tiers, pairs: list[tuple[UUID, str]]) -> dict[tuple[UUID,
 
 def every_pair(w: FourUsers) -> list[tuple[UUID, str]]:
     return [(uid, name) for uid in w.users for name in w.names]
+
+
+async def prime_every_pair(t: Tiers, w: FourUsers) -> list[tuple[UUID, str]]:
+    """Every (user, name) pair of ``w``; with a cache, primed in every tier and the counting
+    client started again from zero."""
+    pairs = every_pair(w)
+    if t.cached:
+        await prime(t, pairs)
+        assert t.client is not None
+        t.client.reset()
+    return pairs
 
 
 # -- parking a load ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .conftest import (
     assert_transparent,
     every_pair,
     prime,
+    prime_every_pair,
     reads_hit,
     seed_four_users,
 )
@@ -85,9 +86,7 @@ async def test_write_at_scope_invalidates_exactly_that_scope(
 ) -> None:
     t = tiers
     w = await seed_four_users(t)
-    pairs = every_pair(w)
-    if t.cached:
-        await prime(t, pairs)
+    pairs = await prime_every_pair(t, w)
     sid = scope_id_of(scope, w.u1, "d1")
     mark = {f"new_{scope.value}": 1}
     result = await t.repo.admin_bulk_update([fragment_input(scope, sid, "theme", mark)])
@@ -169,9 +168,7 @@ async def test_seed_get_set_merged_config(cached: Tiers) -> None:
 async def test_policy_update_changes_the_chain(tiers: Tiers) -> None:
     t = tiers
     w = await seed_four_users(t)
-    pairs = every_pair(w)
-    if t.cached:
-        await prime(t, pairs)
+    pairs = await prime_every_pair(t, w)
     await t.policies.update("theme", [USER, PUBLIC])  # reversed priority, domains dropped
     await assert_transparent(t, w)
     view = await t.repo.app_config(w.u1, "theme")
@@ -304,11 +301,7 @@ async def test_read_your_writes_after_every_verb(tiers: Tiers, verb: str) -> Non
 async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Tiers) -> None:
     t = tiers
     w = await seed_four_users(t)
-    pairs = every_pair(w)
-    if t.cached:
-        await prime(t, pairs)
-        assert t.client is not None
-        t.client.reset()
+    pairs = await prime_every_pair(t, w)
     info_before = await commandstats(t.valkey)
     result = await t.repo.admin_bulk_update(
         [
@@ -364,11 +357,7 @@ async def test_partial_failure_invalidates_only_successful_scopes_once(tiers: Ti
 async def test_partial_failure_of_my_writes_and_purge(tiers: Tiers) -> None:
     t = tiers
     w = await seed_four_users(t)
-    pairs = every_pair(w)
-    if t.cached:
-        await prime(t, pairs)
-        assert t.client is not None
-        t.client.reset()
+    await prime_every_pair(t, w)
     info_before = await commandstats(t.valkey)
     result = await t.repo.bulk_update_my(
         w.u1,

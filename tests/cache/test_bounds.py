@@ -7,7 +7,6 @@ from uuid import uuid4
 
 from appconfig_cache import (
     AppConfigData,
-    AppConfigFragmentRepository,
 )
 from tests.support.data import add_users
 from tests.support.fragments import fragment_input
@@ -75,8 +74,7 @@ async def test_name_without_policy_is_never_cached(cached: Tiers) -> None:
 async def test_l1_never_exceeds_local_maxsize(l1: Tiers) -> None:
     t = l1
     w = await seed_four_users(t)
-    cache, _client, _clock = t.make_cache(local_maxsize=5)
-    repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
+    repo, cache, _client, _clock = t.make_repo(local_maxsize=5)
     members = {uuid4(): "d1" for _ in range(30)}
     await add_users(t.engine, members)
     sizes = []
@@ -99,8 +97,7 @@ async def test_l1_never_exceeds_local_maxsize(l1: Tiers) -> None:
 async def test_l1_off_holds_nothing(l1: Tiers) -> None:
     t = l1
     w = await seed_four_users(t)
-    cache, _client, _clock = t.make_cache(local_maxsize=0)
-    repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
+    repo, cache, _client, _clock = t.make_repo(local_maxsize=0)
     for uid in w.users:
         await repo.app_configs(uid, list(w.names))
     assert cache.local_size() == 0
@@ -111,8 +108,7 @@ async def test_l1_off_holds_nothing(l1: Tiers) -> None:
 async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> None:
     t = cached
     w = await seed_four_users(t)
-    cache, client, _clock = t.make_cache(max_value_bytes=2048)
-    repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
+    repo, cache, client, _clock = t.make_repo(max_value_bytes=2048)
     await t.db.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"blob": "x" * 4096})])
     for i in range(1, 4):
         got = await repo.app_config(w.u1, "theme")
@@ -135,8 +131,7 @@ async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> Non
 async def test_oversize_is_measured_in_bytes(cached: Tiers) -> None:
     t = cached
     w = await seed_four_users(t)
-    cache, _client, _clock = t.make_cache(max_value_bytes=2048)
-    repo = AppConfigFragmentRepository(t.engine, cache_source=cache)
+    repo, cache, _client, _clock = t.make_repo(max_value_bytes=2048)
     await t.db.admin_bulk_create([fragment_input(USER, str(w.u1), "menu", {"blob": "€" * 700})])
     view = await repo.app_config(w.u1, "menu")
     text = view.model_dump_json()

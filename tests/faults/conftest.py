@@ -37,24 +37,6 @@ T = TypeVar("T")
 SOCKET_TIMEOUT = 0.3
 
 
-async def wait_for(
-    condition: Callable[[], bool],
-    *,
-    timeout: float = 10.0,
-    step: Callable[[], Awaitable[Any]] | None = None,
-    what: str = "condition",
-) -> None:
-    """Poll ``condition`` (running ``step`` between polls) until it holds; bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        if step is not None:
-            await step()
-        else:
-            await asyncio.sleep(0.01)
-
-
 # -- the proxy ------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from appconfig_cache import (
 )
 from tests.support.clock import FakeClock
 from tests.support.fragments import my_fragment
+from tests.support.polling import wait_for
 
 from .conftest import (
     COOLDOWN,
@@ -28,7 +29,6 @@ from .conftest import (
     pg_target,
     pg_url_via,
     seed_population,
-    wait_for,
 )
 from .proxy import FaultProxy
 

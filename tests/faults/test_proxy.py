@@ -17,7 +17,13 @@ import valkey.exceptions as vex
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .conftest import pg_target, pg_url_via, valkey_target, wait_for
+from tests.support.polling import wait_for
+
+from .conftest import (
+    pg_target,
+    pg_url_via,
+    valkey_target,
+)
 from .proxy import FaultProxy, count_resp_commands
 
 

@@ -23,8 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from appconfig_cache import AppConfigData, AppConfigFragmentRepository
 from appconfig_cache.embedded import EmbeddedValkey
 from tests.support.clock import FakeClock
+from tests.support.polling import wait_for
 
-from .conftest import Stack, StackFactory, belongs_to, seed_population, wait_for
+from .conftest import (
+    Stack,
+    StackFactory,
+    belongs_to,
+    seed_population,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -28,6 +28,7 @@ from appconfig_cache.embedded import EmbeddedValkey
 from appconfig_cache.tiered import keys as K
 from tests.support.clock import FakeClock
 from tests.support.fragments import my_fragment
+from tests.support.polling import wait_for
 from tests.support.valkey import direct_client
 
 from .conftest import (
@@ -38,7 +39,6 @@ from .conftest import (
     own_config,
     recover,
     seed_population,
-    wait_for,
 )
 from .proxy import FaultProxy
 
