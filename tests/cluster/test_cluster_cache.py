@@ -156,6 +156,13 @@ class Caches:
         self.made.append(cache)
         return cache
 
+    def new_repo(
+        self, engine: AsyncEngine
+    ) -> tuple[AppConfigFragmentCacheSource, AppConfigFragmentRepository]:
+        """A new cache source and a repository over it (another "process")."""
+        cache = self.new()
+        return cache, AppConfigFragmentRepository(engine, cache_source=cache)
+
     async def close_and_check(self, caplog: pytest.LogCaptureFixture) -> None:
         for cache in self.made:
             await cache.aclose()
@@ -241,8 +248,7 @@ async def test_a_cold_read_asks_valkey(
     engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The smallest case: one read with no generation cached goes to Valkey, unrefused."""
-    cache = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=cache)
+    cache, repo = caches.new_repo(engine)
     uid = spread.users[0]
     assert await repo.app_config(uid, "theme") == await AppConfigFragmentRepository(
         engine
@@ -256,8 +262,7 @@ async def test_reads_fill_valkey_and_a_fresh_process_hits_l2(
     engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
 ) -> None:
     db_repo = AppConfigFragmentRepository(engine)
-    writer = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=writer)
+    writer, repo = caches.new_repo(engine)
     # Twice: a process that does not know a user's domain yet only records it the
     # first time (I3), and fills the envelopes the second time.
     for _ in range(2):
@@ -266,8 +271,7 @@ async def test_reads_fill_valkey_and_a_fresh_process_hits_l2(
         caches.clock.advance(writer.local_ttl + 0.5)
     assert writer.stats.fills > 0
 
-    reader = caches.new()
-    other = AppConfigFragmentRepository(engine, cache_source=reader)
+    reader, other = caches.new_repo(engine)
     await assert_matches_db(other, db_repo, spread)
     assert reader.stats.db_loads == 0  # every view, and the policy-name list, came from L2
     assert reader.stats.l2_misses == 0
@@ -279,8 +283,7 @@ async def test_seed_api_get_and_set_on_the_cluster(
     engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
 ) -> None:
     db_repo = AppConfigFragmentRepository(engine)
-    cache = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=cache)
+    cache, repo = caches.new_repo(engine)
     for uid in spread.users:
         # A read first: a process stores a view only under a domain it has seen the DB say.
         await repo.app_config(uid, "menu")
