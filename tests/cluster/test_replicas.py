@@ -15,7 +15,8 @@ command each phase sent. The test's own look-ups use separate, unrecorded client
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,16 @@ class Recorder(WireRecorder):
 
     def waits(self) -> list[tuple[str, ...]]:
         return [command for command in self.of("WAIT") if command[1:] == WAIT_ARGS]
+
+
+@contextmanager
+def replica_paused(pair: EmbeddedValkeyReplicaPair) -> Iterator[None]:
+    """The replica stopped (SIGSTOP) for the block, running again after it."""
+    pair.pause_replica()
+    try:
+        yield
+    finally:
+        pair.resume_replica()
 
 
 @dataclass
@@ -169,8 +180,7 @@ async def test_an_unacknowledged_bump_stays_pending_until_replayed(
     s: Setup = await make_setup(timeout=BUDGET)
     domain_gen = K.domain_gen_key(DOMAIN_NAME)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         s.recorder.reset()
         await s.update_domain({"color": "red"})
         # The write returned although the replica never acknowledged its bump.
@@ -208,8 +218,6 @@ async def test_an_unacknowledged_bump_stays_pending_until_replayed(
         assert "MGET" not in s.recorder.names()
         assert s.cache.stats.pending_bumps == 1
         assert await s.primary.get(domain_gen) is not None  # the primary has every bump
-    finally:
-        replica_pair.resume_replica()
 
     # The replica is back; within the cool-down nothing is replayed yet.
     s.recorder.reset()
@@ -248,15 +256,12 @@ async def test_a_paused_replica_is_not_a_valkey_failure(
     """WAIT answering 0 replicas leaves the breaker closed and counts no Valkey error."""
     s: Setup = await make_setup(timeout=BUDGET)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         for step in range(3):
             await s.update_domain({"step": step})
             view = await s.read_checked()
             assert view.config == {"color": "grey", "size": 1, "step": step}
             s.clock.advance(COOLDOWN + 1)
-    finally:
-        replica_pair.resume_replica()
     stats = s.cache.stats
     assert stats.pending_bumps == 1
     assert stats.breaker_state == "closed" and stats.breaker_opens == 0
@@ -268,16 +273,13 @@ async def test_the_read_right_after_an_unacknowledged_write_does_not_wait_again(
 ) -> None:
     s: Setup = await make_setup(timeout=BUDGET)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         await s.update_domain({"color": "red"})
         assert s.cache.stats.pending_bumps == 1
         s.recorder.reset()
         view = await s.read_checked()  # same instant: still within the write's attempt
         assert view.config == {"color": "red", "size": 1}
         assert s.recorder.waits() == [], "the read replayed the bump at once (one more WAIT)"
-    finally:
-        replica_pair.resume_replica()
 
 
 async def test_wait_timeout_at_the_call_budget_is_refused_or_not_a_timeout(
@@ -288,12 +290,9 @@ async def test_wait_timeout_at_the_call_budget_is_refused_or_not_a_timeout(
     except CacheSettingsError:  # refusing the setting would be a fix too
         return
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         s.recorder.reset()
         await s.update_domain({"color": "red"})
         assert s.cache.stats.pending_bumps == 1
         assert s.cache.stats.valkey_timeouts == 0
         assert "PING" not in s.recorder.names()
-    finally:
-        replica_pair.resume_replica()

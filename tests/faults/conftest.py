@@ -24,6 +24,7 @@ from appconfig_cache import (
     AppConfigFragmentRepository,
     make_valkey_client,
 )
+from appconfig_cache.embedded import EmbeddedValkey
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user
 from tests.support.fragments import domain_fragment, my_fragment, public_fragment
@@ -82,6 +83,12 @@ def pg_url_via(database_url: str, proxy: FaultProxy) -> str:
         host = f"{proxy.host}:{proxy.port}"
     netloc = f"{userinfo}@{host}" if userinfo else host
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+@pytest.fixture
+def server(valkey_url: str, embedded_valkey_server: EmbeddedValkey) -> EmbeddedValkey:
+    """The embedded Valkey a test may pause, kill or fill up (flushed before the test)."""
+    return embedded_valkey_server
 
 
 @pytest.fixture

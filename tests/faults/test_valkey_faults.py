@@ -49,12 +49,10 @@ pytestmark = pytest.mark.slow
 
 async def test_sigstop_under_steady_load(
     engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
+    server: EmbeddedValkey,
     make_stack: StackFactory,
     clock: FakeClock,
 ) -> None:
-    server = embedded_valkey_server
     population = await seed_population(engine)
     # Valkey only (no L1): every read of the load asks Valkey while it may.
     stack = await make_stack(
@@ -112,12 +110,10 @@ async def test_sigstop_under_steady_load(
 
 async def test_killed_and_restarted_empty(
     engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
+    server: EmbeddedValkey,
     make_stack: StackFactory,
     clock: FakeClock,
 ) -> None:
-    server = embedded_valkey_server
     population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0, breaker_cooldown=COOLDOWN)
     oracle = AppConfigFragmentRepository(engine)
@@ -177,12 +173,10 @@ async def test_killed_and_restarted_empty(
 
 async def test_restored_older_snapshot_never_matches(
     engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
+    server: EmbeddedValkey,
     make_stack: StackFactory,
     clock: FakeClock,
 ) -> None:
-    server = embedded_valkey_server
     population = await seed_population(engine, users=2)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
@@ -229,13 +223,11 @@ def cache_state(cache: AppConfigFragmentCacheSource) -> str:
 @pytest.mark.parametrize("fault", ["stop", "kill", "pause", "garbage"])
 async def test_i5_breaker_opens_and_closes(
     engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
+    server: EmbeddedValkey,
     make_stack: StackFactory,
     clock: FakeClock,
     fault: str,
 ) -> None:
-    server = embedded_valkey_server
     population = await seed_population(engine, users=6)
     async with FaultProxy(("127.0.0.1", server.port)) as proxy:
         url = proxy.url if fault == "garbage" else server.url
@@ -303,12 +295,10 @@ async def test_reset_idle_connections_do_not_open_the_breaker(
 
 async def test_valkey_full_fills_fail_silently(
     engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
+    server: EmbeddedValkey,
     make_stack: StackFactory,
     clock: FakeClock,
 ) -> None:
-    server = embedded_valkey_server
     population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     cache = stack.cache

@@ -363,6 +363,17 @@ class IsolationHarness:
             await repo.app_config(uid, THEME)
         await cache.drain()
 
+    async def fresh_read(self, uid: UUID, name: str) -> tuple[AppConfigData, Any]:
+        """Read through a fresh Valkey-only process (no L1): its view, and its statistics
+        once its background work is done."""
+        reader = self.cache(local_maxsize=0)
+        try:
+            view = await self.repo(reader).app_config(uid, name)
+            await reader.drain()
+            return view, reader.stats
+        finally:
+            await reader.aclose()
+
     async def assert_refs_untouched(
         self, writer: AppConfigFragmentCacheSource, before: dict[UUID, AppConfigData]
     ) -> None:

@@ -423,13 +423,10 @@ async def test_hostile_configs_fail_first_or_round_trip_in_their_own_user(
         own = [f for f in expected.fragments if f.scope_type is USER]
         assert own[0].config == json.loads(json.dumps(config))  # stored exactly as given
         # Through the envelope: a fresh Valkey-only process hits it and decodes it equal.
-        reader = w.cache(local_maxsize=0)
-        try:
-            assert await w.repo(reader).app_config(uid, THEME) == expected
-            assert reader.stats.l2_hits == 1 and reader.stats.db_loads == 0, reader.stats
-            assert reader.stats.envelopes_rejected == 0
-        finally:
-            await reader.aclose()
+        view, stats = await w.fresh_read(uid, THEME)
+        assert view == expected
+        assert stats.l2_hits == 1 and stats.db_loads == 0, stats
+        assert stats.envelopes_rejected == 0
         await w.assert_refs_untouched(cache, before)
     finally:
         await cache.aclose()

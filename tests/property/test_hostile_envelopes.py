@@ -179,13 +179,7 @@ async def test_tampered_envelopes_are_counted_misses(
             harmless = tamper.expect == EITHER and _same_checked_fields(genuine, spoiled)
             await w.direct.set(merged, spoiled)
 
-        reader = w.cache(local_maxsize=0)
-        try:
-            view = await w.repo(reader).app_config(victim, THEME)
-            await reader.drain()
-            stats = reader.stats
-        finally:
-            await reader.aclose()
+        view, stats = await w.fresh_read(victim, THEME)
         assert view == await w.db_only.app_config(victim, THEME)
         if harmless:
             assert stats.l2_hits == 1 and stats.db_loads == 0, (tamper.label, stats)
@@ -206,12 +200,9 @@ async def test_tampered_envelopes_are_counted_misses(
 
         if tamper.domain_value is None:
             # The read repaired Valkey: the next fresh process hits a current envelope.
-            again = w.cache(local_maxsize=0)
-            try:
-                assert await w.repo(again).app_config(victim, THEME) == view
-                assert again.stats.l2_hits == 1, (tamper.label, again.stats)
-            finally:
-                await again.aclose()
+            again, again_stats = await w.fresh_read(victim, THEME)
+            assert again == view
+            assert again_stats.l2_hits == 1, (tamper.label, again_stats)
         else:
             # Put the truth back for the next example.
             await w.direct.set(K.user_domain_key(victim), b"ref")
