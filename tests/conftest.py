@@ -23,11 +23,10 @@ from appconfig_cache.embedded import (
     embedded_postgres,
     to_asyncpg_url,
 )
+from tests.support.data import TABLES, truncate_tables
 
 VALKEY_URL_ENV = "APPCONFIG_CACHE_VALKEY_URL"
 DATABASE_URL_ENV = "APPCONFIG_CACHE_DATABASE_URL"
-
-TABLES = ("users", "app_config_policies", "app_config_fragments")
 
 
 # -- Valkey -----------------------------------------------------------------------------
@@ -120,8 +119,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def _truncate_tables(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    await truncate_tables(engine)
 
 
 # -- clean state ------------------------------------------------------------------------

@@ -265,6 +265,15 @@ async def seed_four_users(t: Tiers, *, fragments: bool = True) -> FourUsers:
     return FourUsers(u1=u1, u2=u2, u3=u3, u4=u4, domains=domains)
 
 
+Seeded = tuple[Tiers, FourUsers]
+
+
+@pytest_asyncio.fixture
+async def seeded(cached: Tiers) -> Seeded:
+    """A configuration with a cache source (``cached``) over the four users' data set."""
+    return cached, await seed_four_users(cached)
+
+
 async def assert_transparent(t: Tiers, w: FourUsers, names: tuple[str, ...] | None = None) -> None:
     """I1: every (user, name) read through the repository equals the DB-only read."""
     names = names or w.names

@@ -29,6 +29,7 @@ from .conftest import (
     LOCAL_TTL,
     FourUsers,
     PausedLoader,
+    Seeded,
     Tiers,
     hang_guard,
     park_read,
@@ -108,9 +109,8 @@ async def test_batch_accepts_any_sequence(tiers: Tiers) -> None:
 # -- partial L1 and partial L2 hits ---------------------------------------------------------
 
 
-async def test_partial_l1_and_partial_l2_hits(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_partial_l1_and_partial_l2_hits(seeded: Seeded) -> None:
+    t, w = seeded
     await eight_documents(t, w)
     # Valkey gets envelopes of doc0..doc5 from another instance
     filler, filler_cache, _fc, _filler_clock = t.make_repo()
@@ -353,10 +353,9 @@ async def test_batch_bound(tiers: Tiers) -> None:
 
 
 @hang_guard
-async def test_concurrent_cold_batches_load_once(cached: Tiers) -> None:
-    t = cached
+async def test_concurrent_cold_batches_load_once(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await eight_documents(t, w)
     await t.db.app_config(w.u2, "theme")  # warm the pool
     with count_sql(t.engine, library_only=True) as sql:
@@ -370,10 +369,9 @@ async def test_concurrent_cold_batches_load_once(cached: Tiers) -> None:
 
 
 @hang_guard
-async def test_batch_joins_a_single_read_flight_and_loads_the_rest(cached: Tiers) -> None:
-    t = cached
+async def test_batch_joins_a_single_read_flight_and_loads_the_rest(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     loader, single = await park_read(t, t.repo.app_config(w.u1, "theme"))
     batch = asyncio.create_task(t.repo.app_configs(w.u1, ["menu", "theme"]))
     await asyncio.sleep(0)
@@ -389,10 +387,9 @@ async def test_batch_joins_a_single_read_flight_and_loads_the_rest(cached: Tiers
 
 
 @hang_guard
-async def test_batch_after_invalidation_does_not_join_older_flights(cached: Tiers) -> None:
-    t = cached
+async def test_batch_after_invalidation_does_not_join_older_flights(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     loader, old_batch = await park_read(t, t.repo.app_configs(w.u1, ["theme", "menu"]))
     await t.repo.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"v": "new"})])
     new = await t.repo.app_configs(w.u1, ["menu", "theme"])

@@ -34,6 +34,7 @@ from tests.support.valkey import commandstats, commandstats_delta, incr_calls
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
+    Seeded,
     Tiers,
     assert_transparent,
     every_pair,
@@ -109,11 +110,10 @@ async def test_write_at_scope_invalidates_exactly_that_scope(
 
 @pytest.mark.parametrize("scope", ALL_SCOPES, ids=lambda s: s.value)
 async def test_seed_invalidate_for_scope_drops_that_scope(
-    cached: Tiers, scope: AppConfigScopeType
+    seeded: Seeded, scope: AppConfigScopeType
 ) -> None:
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     pairs = every_pair(w)
     await prime(t, pairs)
     await t.cache.invalidate_for_scope(scope, scope_id_of(scope, w.u1, "d1"))
@@ -123,10 +123,9 @@ async def test_seed_invalidate_for_scope_drops_that_scope(
         assert was_hit is (uid not in touched), (scope, uid, hit)
 
 
-async def test_seed_invalidate_for_policy_drops_that_name(cached: Tiers) -> None:
-    t = cached
+async def test_seed_invalidate_for_policy_drops_that_name(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     pairs = every_pair(w)
     await prime(t, pairs)
     await t.cache.invalidate_for_policy("theme")
@@ -390,9 +389,8 @@ async def test_partial_failure_of_my_writes_and_purge(tiers: Tiers) -> None:
     assert incr_calls(commandstats_delta(info_before, info_after)) == 2
 
 
-async def test_all_failed_bulk_call_touches_no_cache(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_all_failed_bulk_call_touches_no_cache(seeded: Seeded) -> None:
+    t, w = seeded
     await prime(t, every_pair(w))
     assert t.client is not None
     t.client.reset()

@@ -15,6 +15,7 @@ from tests.support.scopes import PUBLIC, USER
 
 from .conftest import (
     LOCAL_TTL,
+    Seeded,
     Tiers,
     prime,
     seed_four_users,
@@ -23,10 +24,9 @@ from .conftest import (
 # -- empty views are cached; names without a policy never are -------------------------------
 
 
-async def test_empty_view_is_cached_and_counted_as_a_hit(cached: Tiers) -> None:
-    t = cached
+async def test_empty_view_is_cached_and_counted_as_a_hit(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await t.policies.create("blank", [PUBLIC, USER])
     await prime(t, [(w.u1, "theme")])  # the process learns u1's domain
     empty = await t.repo.app_config(w.u1, "blank")
@@ -47,10 +47,9 @@ async def test_empty_view_is_cached_and_counted_as_a_hit(cached: Tiers) -> None:
     assert await t.cache.get_merged_config(w.u1, "blank") == empty  # not a falsy miss
 
 
-async def test_name_without_policy_is_never_cached(cached: Tiers) -> None:
-    t = cached
+async def test_name_without_policy_is_never_cached(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await prime(t, [(w.u1, "theme")])
     base = t.db_loads()
     for i in range(1, 4):
@@ -105,9 +104,8 @@ async def test_l1_off_holds_nothing(l1: Tiers) -> None:
     await cache.drain()
 
 
-async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_oversize_value_is_served_but_cached_nowhere(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, client, _clock = t.make_repo(max_value_bytes=2048)
     await t.db.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"blob": "x" * 4096})])
     for i in range(1, 4):
@@ -128,9 +126,8 @@ async def test_oversize_value_is_served_but_cached_nowhere(cached: Tiers) -> Non
     assert await t.valkey.exists(f"app_config:merged:{{{w.u1}}}:menu") == 1
 
 
-async def test_oversize_is_measured_in_bytes(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_oversize_is_measured_in_bytes(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, _client, _clock = t.make_repo(max_value_bytes=2048)
     await t.db.admin_bulk_create([fragment_input(USER, str(w.u1), "menu", {"blob": "€" * 700})])
     view = await repo.app_config(w.u1, "menu")

@@ -32,6 +32,7 @@ from tests.support.valkey import Call, PauseAt
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
+    Seeded,
     Tiers,
     expect,
     hang_guard,
@@ -120,10 +121,9 @@ async def _assert_nobody_serves(t: Tiers, w: FourUsers, old: AppConfigData, *oth
 
 @pytest.mark.parametrize("write", list(WRITES))
 @hang_guard
-async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> None:
-    t = cached
+async def test_stale_set_between_db_read_and_fill(seeded: Seeded, write: str) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)  # the parked reader will go to Valkey, miss, and to the DB
     # B: another instance that already holds the generations, and u2's view in L1
@@ -150,10 +150,9 @@ async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> 
 
 @pytest.mark.parametrize("write", ["user", "domain", "public", "policy"])
 @hang_guard
-async def test_stale_set_of_a_batch(cached: Tiers, write: str) -> None:
-    t = cached
+async def test_stale_set_of_a_batch(seeded: Seeded, write: str) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
     loader, reader = await park_read(t, t.repo.app_configs(w.u1, ["menu", "theme"]))
@@ -168,10 +167,9 @@ async def test_stale_set_of_a_batch(cached: Tiers, write: str) -> None:
 
 
 @hang_guard
-async def test_stale_set_with_my_app_configs(cached: Tiers) -> None:
-    t = cached
+async def test_stale_set_with_my_app_configs(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
     loader, reader = await park_read(t, t.repo.my_app_configs(w.u1))
@@ -198,12 +196,11 @@ def _lookup_of(uid: UUID) -> Callable[[Call], bool]:
 @pytest.mark.parametrize("write", list(WRITES))
 @pytest.mark.parametrize("gate", ["before", "after"])
 @hang_guard
-async def test_stale_set_during_the_mget(cached: Tiers, write: str, gate: str) -> None:
+async def test_stale_set_during_the_mget(seeded: Seeded, write: str, gate: str) -> None:
     """``before``: parked before its MGET is sent; ``after``: the reply (read before the
     write) is in hand but not yet looked at. A valid old envelope is in Valkey."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     await _fill_envelope(t, w)
     pause = PauseAt(_lookup_of(w.u1))
     setattr(t.client, gate, pause)
@@ -278,11 +275,10 @@ async def test_read_during_the_invalidation_round_trip(
 @pytest.mark.parametrize("write", list(WRITES))
 @pytest.mark.parametrize("reader_l1", [True, False], ids=["B-l1", "B-valkey"])
 async def test_other_instance_sees_a_write_within_local_ttl(
-    cached: Tiers, write: str, reader_l1: bool
+    seeded: Seeded, write: str, reader_l1: bool
 ) -> None:
-    t = cached  # A: the writer
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     b_repo, b_cache, _b_client, b_clock = t.make_repo(local_maxsize=4096 if reader_l1 else 0)
     # B reads until it serves (u1, theme) from its own tiers
     for _ in range(3):
@@ -318,12 +314,11 @@ async def test_other_instance_sees_a_write_within_local_ttl(
     print(f"\n[{t.mode} writer, B {'l1' if reader_l1 else 'valkey'}, {write}] B served {served}")
 
 
-async def test_other_instance_bound_counts_from_its_oldest_generation(cached: Tiers) -> None:
+async def test_other_instance_bound_counts_from_its_oldest_generation(seeded: Seeded) -> None:
     """B's L1 entry made from an L2 hit expires local_ttl after the oldest generation it
     was checked against, not local_ttl after the hit."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _fill_envelope(t, w)
     b_repo, b_cache, _b_client, b_clock = t.make_repo()
     await b_repo.app_config(w.u2, "theme")  # B fetches the generations at t=1000

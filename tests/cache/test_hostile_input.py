@@ -23,11 +23,11 @@ from tests.support.sql import count_sql
 from tests.support.valkey import commandstats, commandstats_delta
 
 from .conftest import (
+    Seeded,
     Tiers,
     every_pair,
     prime,
     reads_hit,
-    seed_four_users,
 )
 
 # -- I7: hostile input ----------------------------------------------------------------------
@@ -53,10 +53,9 @@ HOSTILE_NAMES = [
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=lambda n: repr(n)[:20])
-async def test_hostile_names_fail_before_any_io(cached: Tiers, name: str) -> None:
-    t = cached
+async def test_hostile_names_fail_before_any_io(seeded: Seeded, name: str) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     await prime(t, every_pair(w))
     t.client.reset()
     before = await commandstats(t.valkey)
@@ -88,10 +87,9 @@ async def test_hostile_names_fail_before_any_io(cached: Tiers, name: str) -> Non
 @pytest.mark.parametrize(
     "user_id", ["*", "{x}", "a:b", "app_config:*", "x" * 10_000, "", "\n", None, 12]
 )
-async def test_hostile_user_ids_fail_before_any_io(cached: Tiers, user_id: Any) -> None:
-    t = cached
+async def test_hostile_user_ids_fail_before_any_io(seeded: Seeded, user_id: Any) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     t.client.reset()
     before = await commandstats(t.valkey)
     with count_sql(t.engine, library_only=True) as sql:
@@ -190,9 +188,8 @@ def _envelope_tamperings(u1: UUID, u2: UUID) -> dict[str, Callable[[bytes, bytes
     "tamper",
     list(_envelope_tamperings(UUID(int=1), UUID(int=2))),
 )
-async def test_tampered_envelope_is_rejected(cached: Tiers, tamper: str) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_tampered_envelope_is_rejected(seeded: Seeded, tamper: str) -> None:
+    t, w = seeded
     # u1 and u2 both have a valid envelope for "theme"
     await prime(t, [(w.u1, "theme"), (w.u2, "theme")])
     key1 = f"app_config:merged:{{{w.u1}}}:theme"

@@ -19,7 +19,14 @@ from tests.support.internals import clear_l1
 from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
 from tests.support.sql import SqlStatements, count_sql
 
-from .conftest import LOCAL_TTL, FourUsers, Tiers, rebuilt, seed_four_users
+from .conftest import (
+    LOCAL_TTL,
+    FourUsers,
+    Seeded,
+    Tiers,
+    rebuilt,
+    seed_four_users,
+)
 
 NAMES = ["theme", "menu"]
 
@@ -56,10 +63,9 @@ async def _admin(t: Tiers, scope: object, scope_id: str, name: str, config: dict
     assert not result.failures
 
 
-async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> None:
-    t = cached
+async def test_a_public_change_costs_one_query_for_every_user(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     users = [w.u1, w.u2, w.u3, w.u4]
     await _warm(t, users)
     await _admin(t, PUBLIC, "public", "theme", {"color": "white"})
@@ -78,10 +84,9 @@ async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> 
 
 
 @pytest.mark.parametrize("scope", [DOMAIN, DOMAIN_USER_DEFAULTS])
-async def test_a_domain_change_is_one_query_for_the_domain(cached: Tiers, scope: object) -> None:
-    t = cached
+async def test_a_domain_change_is_one_query_for_the_domain(seeded: Seeded, scope: object) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     more = [uuid4() for _ in range(6)]
     await add_users(t.engine, dict.fromkeys(more, "d1"))
     users = [w.u1, w.u2, w.u3, *more]
@@ -109,10 +114,9 @@ async def test_concurrent_users_share_one_shared_query(cached: Tiers) -> None:
         assert views == await _truth(t, uid)
 
 
-async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
-    t = cached
+async def test_a_user_write_is_a_full_load(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _warm(t, [w.u1])
     done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])
     assert not done.failures
@@ -121,10 +125,9 @@ async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
     assert sql.count == 1
 
 
-async def test_a_policy_change_recomposes_with_the_new_chain(cached: Tiers) -> None:
-    t = cached
+async def test_a_policy_change_recomposes_with_the_new_chain(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _warm(t, [w.u1, w.u2])
     await t.policies.update(
         "theme", [USER, DOMAIN_USER_DEFAULTS, PUBLIC]
@@ -135,11 +138,10 @@ async def test_a_policy_change_recomposes_with_the_new_chain(cached: Tiers) -> N
     assert t.cache.stats.shared_loads == 1
 
 
-async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -> None:
+async def test_a_chain_that_gains_the_user_scope_is_a_full_load(seeded: Seeded) -> None:
     """An envelope made without the user scope cannot tell the user's own fragment."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await t.policies.update("theme", [PUBLIC, DOMAIN])  # u1's user fragment drops out
     t.clock.advance(LOCAL_TTL)
     await _warm(t, [w.u1])
@@ -149,10 +151,9 @@ async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -
     assert sql.count == 2  # the shared query shows the new chain; then the full load
 
 
-async def test_the_shared_part_is_read_again_after_each_change(cached: Tiers) -> None:
-    t = cached
+async def test_the_shared_part_is_read_again_after_each_change(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _warm(t, [w.u1, w.u2])
     for i in range(3):
         await _admin(t, DOMAIN, "d1", "theme", {"color": f"c{i}"})
@@ -172,13 +173,12 @@ async def test_a_removed_policy_is_not_recomposed(cached: Tiers) -> None:
     assert sql.count == 2  # the shared query finds no policy; then the full load
 
 
-async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> None:
+async def test_a_public_scope_invalidation_reloads_everything(seeded: Seeded) -> None:
     """``invalidate_for_scope(PUBLIC)`` (``appconfig-cache invalidate --public``) is the
     flush after changing the tables behind the library's back: nothing is recomposed,
     so a user's own fragment changed by SQL shows too."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await _warm(t, [w.u1, w.u2])
     done = await t.db.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"by": "sql"})])
     assert not done.failures  # through a DB-only repository: no invalidation
@@ -188,14 +188,13 @@ async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> 
     assert sql.count == 2
 
 
-async def test_a_new_user_part_never_meets_an_old_shared_part(cached: Tiers) -> None:
+async def test_a_new_user_part_never_meets_an_old_shared_part(seeded: Seeded) -> None:
     """B holds d1's shared part and generation from before A's domain write; A then
     writes u1's own fragment. B's recomposition must read d1's generation again: its
     cached one would pick its cached d1 part, and with u1's new fragment that makes a
     view that never was."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     b_repo, b_cache, _b_client, b_clock = t.make_repo()
 
     async def b_reads() -> object:

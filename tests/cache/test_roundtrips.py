@@ -18,7 +18,12 @@ from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLI
 from tests.support.sql import count_sql
 from tests.support.valkey import commandstats, commandstats_delta, incr_calls
 
-from .conftest import LOCAL_TTL, Tiers, seed_four_users, standalone_shape_only
+from .conftest import (
+    LOCAL_TTL,
+    Seeded,
+    Tiers,
+    standalone_shape_only,
+)
 
 
 async def measure(t: Tiers, label: str, action: Any) -> tuple[int, int, list[list[str]]]:
@@ -35,9 +40,8 @@ async def measure(t: Tiers, label: str, action: Any) -> tuple[int, int, list[lis
 
 
 @standalone_shape_only
-async def test_read_round_trips(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_read_round_trips(seeded: Seeded) -> None:
+    t, w = seeded
     r = t.repo
     # a process's very first read of a user: lookup, create the generations, fill user_domain
     rt, sql, shape = await measure(t, "first read, nothing anywhere", r.app_config(w.u1, "theme"))
@@ -95,9 +99,8 @@ async def test_read_round_trips(cached: Tiers) -> None:
 
 
 @standalone_shape_only
-async def test_fresh_process_reads_a_warm_envelope(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_fresh_process_reads_a_warm_envelope(seeded: Seeded) -> None:
+    t, w = seeded
     await t.repo.app_config(w.u1, "theme")
     await t.cache.drain()  # type: ignore[union-attr]
     t.clock.advance(LOCAL_TTL)
@@ -125,10 +128,9 @@ INVALIDATIONS: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("kind", list(INVALIDATIONS))
-async def test_each_invalidation_is_one_round_trip(cached: Tiers, kind: str) -> None:
-    t = cached
+async def test_each_invalidation_is_one_round_trip(seeded: Seeded, kind: str) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     for uid in w.users:  # something cached, so "whatever is cached" means something
         for name in w.names:
             await t.repo.app_config(uid, name)
@@ -143,10 +145,9 @@ async def test_each_invalidation_is_one_round_trip(cached: Tiers, kind: str) -> 
     assert not {"scan", "keys", "del", "unlink", "smembers"} & set(delta)
 
 
-async def test_bulk_write_over_many_scopes_is_one_round_trip(cached: Tiers) -> None:
-    t = cached
+async def test_bulk_write_over_many_scopes_is_one_round_trip(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     t.client.reset()
     result = await t.repo.admin_bulk_update(
         [
@@ -174,10 +175,9 @@ async def test_bulk_write_over_many_scopes_is_one_round_trip(cached: Tiers) -> N
     )
 
 
-async def test_invalidation_cost_does_not_grow_with_what_is_cached(cached: Tiers) -> None:
-    t = cached
+async def test_invalidation_cost_does_not_grow_with_what_is_cached(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await seed_four_users(t)
     members = {uuid4(): "d1" for _ in range(100)}
     await add_users(t.engine, members)
     for uid in members:
@@ -191,9 +191,8 @@ async def test_invalidation_cost_does_not_grow_with_what_is_cached(cached: Tiers
     assert incr_calls(delta) == 1 and set(delta) <= {"set", "incr", "incrby"}
 
 
-async def test_policy_change_round_trips(cached: Tiers) -> None:
-    t = cached
-    w = await seed_four_users(t)
+async def test_policy_change_round_trips(seeded: Seeded) -> None:
+    t, w = seeded
     rt, sql, shape = await measure(t, "policy create", t.policies.create("extra", ALL_SCOPES))
     assert (rt, sql) == (1, 1)
     assert shape == [["set", "incr", "set", "incr"]]

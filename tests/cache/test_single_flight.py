@@ -15,7 +15,7 @@ from tests.support.internals import db_source_of
 from tests.support.sql import count_sql
 
 from .conftest import (
-    Tiers,
+    Seeded,
     build_tiers,
     hang_guard,
     park_read,
@@ -26,10 +26,9 @@ from .conftest import (
 
 
 @hang_guard
-async def test_200_concurrent_cold_reads_cause_one_db_query(cached: Tiers) -> None:
-    t = cached
+async def test_200_concurrent_cold_reads_cause_one_db_query(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     await t.db.app_config(w.u2, "theme")  # warm the connection pool
     with count_sql(t.engine, library_only=True) as sql:
         views = await asyncio.gather(*(t.repo.app_config(w.u1, "theme") for _ in range(200)))
@@ -55,10 +54,9 @@ async def test_concurrent_cold_reads_in_db_mode_each_query(engine: Any, valkey_c
 
 
 @hang_guard
-async def test_cancelled_waiter_does_not_cancel_the_others(cached: Tiers) -> None:
-    t = cached
+async def test_cancelled_waiter_does_not_cancel_the_others(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     loader, leader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     waiters = [asyncio.create_task(t.repo.app_config(w.u1, "theme")) for _ in range(5)]
     await asyncio.sleep(0)  # they have joined the leader's flight
@@ -76,11 +74,10 @@ async def test_cancelled_waiter_does_not_cancel_the_others(cached: Tiers) -> Non
 
 
 @hang_guard
-async def test_cancelled_leader_does_not_cancel_the_others(cached: Tiers) -> None:
+async def test_cancelled_leader_does_not_cancel_the_others(seeded: Seeded) -> None:
     """The read that leads the load is cancelled: its joiners still get the DB value."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     loader, leader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     waiters = [asyncio.create_task(t.repo.app_config(w.u1, "theme")) for _ in range(5)]
     await asyncio.sleep(0)
@@ -98,10 +95,9 @@ async def test_cancelled_leader_does_not_cancel_the_others(cached: Tiers) -> Non
 
 
 @hang_guard
-async def test_read_after_invalidation_does_not_join_an_older_flight(cached: Tiers) -> None:
-    t = cached
+async def test_read_after_invalidation_does_not_join_an_older_flight(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     # the old flight has read the old value
     loader, old_reader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"v": "new"})])
@@ -117,10 +113,9 @@ async def test_read_after_invalidation_does_not_join_an_older_flight(cached: Tie
 
 
 @hang_guard
-async def test_flights_of_different_keys_are_separate(cached: Tiers) -> None:
-    t = cached
+async def test_flights_of_different_keys_are_separate(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
     reads = [t.repo.app_config(uid, name) for uid in w.users for name in w.names] * 10
     views = await asyncio.gather(*reads)
     for view in views:
@@ -130,10 +125,9 @@ async def test_flights_of_different_keys_are_separate(cached: Tiers) -> None:
 
 
 @hang_guard
-async def test_db_errors_reach_every_waiter(cached: Tiers) -> None:
-    t = cached
+async def test_db_errors_reach_every_waiter(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await seed_four_users(t)
 
     async def failing(user_id: UUID, names: Any) -> Any:
         await asyncio.sleep(0)
