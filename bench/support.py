@@ -10,6 +10,7 @@ path and the peers all run through the same loop shape, so the fixed cost of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -332,6 +333,27 @@ async def trips_of(
         "sql_statements": sql.count,
         "valkey_calls": [call.label for call in counting.calls],
     }
+
+
+def cold_batches(
+    bench: BenchSession, cache: AppConfigFragmentCacheSource, users: list[UUID], size: int
+) -> tuple[list[UUID], Callable[[], None]]:
+    """``(batch, setup)``: each ``setup()`` (untimed, before a round) refills ``batch`` with
+    the next ``size`` of ``users`` (cycling) and invalidates their user scope in ``cache``."""
+    cycle = itertools.cycle(range(0, len(users), size))
+    batch: list[UUID] = []
+
+    def setup() -> None:
+        start = next(cycle)
+        batch[:] = users[start : start + size]
+
+        async def invalidate() -> None:
+            for uid in batch:
+                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
+
+        bench.run(invalidate())
+
+    return batch, setup
 
 
 def timed_reads(

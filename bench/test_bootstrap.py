@@ -8,14 +8,21 @@ statements of one bootstrap are counted on a counting client (untimed).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from tests.support.stats import stats_change, stats_snapshot
 
 from appconfig_cache import AppConfigScopeType
 
-from .support import NAMES, BenchSession, count_trips, drain, measure, scaled, warm_valkey
+from .support import (
+    NAMES,
+    BenchSession,
+    cold_batches,
+    count_trips,
+    drain,
+    measure,
+    scaled,
+    warm_valkey,
+)
 
 pytestmark = pytest.mark.benchmark(group="bootstrap of 8 documents")
 
@@ -109,18 +116,7 @@ def test_bootstrap_cold(benchmark, clean_valkey: BenchSession, shape: str) -> No
     bench.run(warm_valkey(bench, used, NAMES))
     for uid in used:
         bench.run(read(uid))
-    cycle = itertools.cycle(range(0, len(used), N_COLD))
-    batch: list = []
-
-    def setup():
-        start = next(cycle)
-        batch[:] = used[start : start + N_COLD]
-
-        async def invalidate():
-            for uid in batch:
-                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-
-        bench.run(invalidate())
+    batch, setup = cold_batches(bench, cache, used, N_COLD)
 
     async def body():
         for uid in batch:

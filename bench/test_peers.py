@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from aiocache import Cache as AioCache
 from aiocache import cached
@@ -44,6 +47,23 @@ def _cashews(bench: BenchSession, url: str, **kwargs) -> CashewsCache:
     return cache
 
 
+@contextmanager
+def _cashews_holding_views(
+    bench: BenchSession, url: str, prefix: str = "bench", *, as_json: bool = True, **kwargs
+) -> Iterator[tuple[CashewsCache, list[str]]]:
+    """A cashews cache on ``url`` holding every hot user's view (its JSON document unless
+    ``as_json`` is false), and the keys, in hot-user order; closed after the block."""
+    views = _views(bench)
+    cache = _cashews(bench, url, **kwargs)
+    keys = [f"{prefix}:{uid}:{NAME}" for uid in bench.hot_users]
+    for key, view in zip(keys, views.values(), strict=True):
+        bench.run(cache.set(key, view.model_dump(mode="json") if as_json else view, expire=TTL))
+    try:
+        yield cache, keys
+    finally:
+        _close_cashews(bench, cache)
+
+
 def _close_cashews(bench: BenchSession, cache: CashewsCache) -> None:
     bench.run(cache.close())
 
@@ -62,57 +82,28 @@ def _run_get(benchmark, bench: BenchSession, key: str, get, keys, ops: int, roun
 
 
 def test_cashews_mem_get(benchmark, bench: BenchSession) -> None:
-    views = _views(bench)
-    cache = _cashews(bench, "mem://?size=4096")
-    keys = [f"bench:{uid}:{NAME}" for uid in bench.hot_users]
-    for key, view in zip(keys, views.values(), strict=True):
-        bench.run(cache.set(key, view, expire=TTL))
-    try:
+    with _cashews_holding_views(bench, "mem://?size=4096", as_json=False) as (cache, keys):
         _run_get(
-            benchmark,
-            bench,
-            "cashews.mem_get",
-            cache.get,
-            keys,
-            N_FAST,
-            scaled(benchmark, 100, 1),
+            benchmark, bench, "cashews.mem_get", cache.get, keys, N_FAST, scaled(benchmark, 100, 1)
         )
-    finally:
-        _close_cashews(bench, cache)
 
 
 def test_cashews_redis_get(benchmark, clean_valkey: BenchSession) -> None:
     bench = clean_valkey
-    views = _views(bench)
-    cache = _cashews(bench, _redis_url(bench))
-    keys = [f"bench:{uid}:{NAME}" for uid in bench.hot_users]
-    for key, view in zip(keys, views.values(), strict=True):
-        bench.run(cache.set(key, view.model_dump(mode="json"), expire=TTL))
-    try:
+    with _cashews_holding_views(bench, _redis_url(bench)) as (cache, keys):
         _run_get(
-            benchmark,
-            bench,
-            "cashews.redis_get",
-            cache.get,
-            keys,
-            N_RT,
-            scaled(benchmark, 60, 1),
+            benchmark, bench, "cashews.redis_get", cache.get, keys, N_RT, scaled(benchmark, 60, 1)
         )
-    finally:
-        _close_cashews(bench, cache)
 
 
 def test_cashews_client_side_get(benchmark, clean_valkey: BenchSession) -> None:
     """cashews' two-tier mode: a local copy invalidated by Valkey client tracking (BCAST)."""
     bench = clean_valkey
-    views = _views(bench)
-    cache = _cashews(bench, _redis_url(bench), client_side=True)
-    keys = [f"cashews:bench:{uid}:{NAME}" for uid in bench.hot_users]
-    for key, view in zip(keys, views.values(), strict=True):
-        bench.run(cache.set(key, view.model_dump(mode="json"), expire=TTL))
-    for key in keys:  # the first get fills the local copy
-        bench.run(cache.get(key))
-    try:
+    with _cashews_holding_views(
+        bench, _redis_url(bench), client_side=True, prefix="cashews:bench"
+    ) as (cache, keys):
+        for key in keys:  # the first get fills the local copy
+            bench.run(cache.get(key))
         _run_get(
             benchmark,
             bench,
@@ -122,8 +113,6 @@ def test_cashews_client_side_get(benchmark, clean_valkey: BenchSession) -> None:
             N_FAST,
             scaled(benchmark, 100, 1),
         )
-    finally:
-        _close_cashews(bench, cache)
 
 
 def _time_loader(benchmark, bench: BenchSession, key: str, decorate, close, ops: int, rounds: int):

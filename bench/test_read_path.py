@@ -18,6 +18,7 @@ from .support import (
     N_SQL,
     NAME,
     BenchSession,
+    cold_batches,
     count_trips,
     measure,
     record_latency,
@@ -105,18 +106,7 @@ def test_miss_returning_user(benchmark, clean_valkey: BenchSession) -> None:
     bench.run(warm_valkey(bench, used, [NAME]))  # envelopes in Valkey
     for uid in used:  # and in this process: L1 entries, known domains
         bench.run(repo.app_config(uid, NAME))
-    cycle = itertools.cycle(range(0, len(used), N_SQL))
-    batch: list = []
-
-    def setup():
-        start = next(cycle)
-        batch[:] = used[start : start + N_SQL]
-
-        async def invalidate():
-            for uid in batch:
-                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-
-        bench.run(invalidate())
+    batch, setup = cold_batches(bench, cache, used, N_SQL)
 
     latencies: list[float] = []
     body = timed_reads(repo.app_config, batch, latencies, cache)

@@ -24,6 +24,7 @@ from appconfig_cache.embedded import (
     to_asyncpg_url,
 )
 from tests.support.data import TABLES, truncate_tables
+from tests.support.valkey import direct_client
 
 VALKEY_URL_ENV = "APPCONFIG_CACHE_VALKEY_URL"
 DATABASE_URL_ENV = "APPCONFIG_CACHE_DATABASE_URL"
@@ -78,9 +79,7 @@ async def valkey_client(valkey_url: str) -> AsyncIterator[valkey_asyncio.Valkey]
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def _flush_valkey(valkey_url: str) -> None:
-    client = valkey_asyncio.Valkey.from_url(
-        valkey_url, socket_timeout=5.0, socket_connect_timeout=5.0
-    )
+    client = direct_client(valkey_url, timeout=5.0)
     try:
         await client.flushdb()
     finally:

@@ -63,6 +63,12 @@ def assert_single_slot(trips: Sequence[Call]) -> None:
             assert len(slots) <= 1, f"{command.name} spans slots {slots}: {command.keys}"
 
 
+def assert_no_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was logged at WARNING or above."""
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, [r.getMessage() for r in warnings]
+
+
 def nodes_touched(client: ValkeyCluster, trip: Call) -> int:
     """How many primaries one round trip fans out to (they are sent in parallel)."""
     ports = set()
@@ -83,6 +89,7 @@ class SpreadUsers:
 
     users: list[uuid.UUID]
     domain_of: dict[uuid.UUID, str]
+    db: AppConfigFragmentRepository  # DB only: the truth to compare with
 
 
 def users_on_every_node(client: ValkeyCluster, per_node: int = USERS_PER_NODE) -> list[uuid.UUID]:
@@ -122,7 +129,7 @@ async def seed_spread_users(engine: AsyncEngine, users: list[uuid.UUID]) -> Spre
         items.append(user_fragment(uid, "theme", {"color": f"c{index}"}))
     result = await db_repo.admin_bulk_create(items)
     assert not result.failures
-    return SpreadUsers(users=users, domain_of=domain_of)
+    return SpreadUsers(users=users, domain_of=domain_of, db=db_repo)
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -145,6 +152,7 @@ class Caches:
     client: CountingValkey
     local_maxsize: int
     clock: FakeClock
+    caplog: pytest.LogCaptureFixture
     made: list[AppConfigFragmentCacheSource] = field(default_factory=list)
 
     def new(self) -> AppConfigFragmentCacheSource:
@@ -163,7 +171,7 @@ class Caches:
         cache = self.new()
         return cache, AppConfigFragmentRepository(engine, cache_source=cache)
 
-    async def close_and_check(self, caplog: pytest.LogCaptureFixture) -> None:
+    async def close_and_check(self) -> None:
         for cache in self.made:
             await cache.aclose()
         for cache in self.made:
@@ -173,8 +181,7 @@ class Caches:
             assert stats.valkey_timeouts == 0, stats
             assert stats.envelopes_rejected == 0, stats
             assert stats.pending_bumps == 0, stats
-        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert not warnings, [r.getMessage() for r in warnings]
+        assert_no_warnings(self.caplog)
         assert_single_slot(self.client.calls)
 
 
@@ -186,7 +193,7 @@ async def caches(
     caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[Caches]:
     caplog.set_level(logging.WARNING, logger="appconfig_cache")
-    made = Caches(CountingValkey(cluster_client), local_maxsize, clock)
+    made = Caches(CountingValkey(cluster_client), local_maxsize, clock, caplog)
     try:
         yield made
     finally:
@@ -199,17 +206,15 @@ async def spread(engine: AsyncEngine, cluster_client: ValkeyCluster) -> SpreadUs
     return await seed_spread_users(engine, users_on_every_node(cluster_client))
 
 
-async def assert_matches_db(
-    repo: AppConfigFragmentRepository, db_repo: AppConfigFragmentRepository, spread: SpreadUsers
-) -> None:
+async def assert_matches_db(repo: AppConfigFragmentRepository, spread: SpreadUsers) -> None:
     """Every (user, name) view, and the batch reads, equal the DB's (fragments included)."""
     for uid in spread.users:
         for name in NAMES:
-            assert await repo.app_config(uid, name) == await db_repo.app_config(uid, name)
-        assert await repo.app_configs(uid, list(NAMES)) == await db_repo.app_configs(
+            assert await repo.app_config(uid, name) == await spread.db.app_config(uid, name)
+        assert await repo.app_configs(uid, list(NAMES)) == await spread.db.app_configs(
             uid, list(NAMES)
         )
-        assert await repo.my_app_configs(uid) == await db_repo.my_app_configs(uid)
+        assert await repo.my_app_configs(uid) == await spread.db.my_app_configs(uid)
 
 
 # -- the cluster itself -----------------------------------------------------------------
@@ -245,7 +250,7 @@ async def test_the_audit_catches_a_cross_slot_command(cluster_client: ValkeyClus
 
 
 async def test_a_cold_read_asks_valkey(
-    engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
     """The smallest case: one read with no generation cached goes to Valkey, unrefused."""
     cache, repo = caches.new_repo(engine)
@@ -255,57 +260,56 @@ async def test_a_cold_read_asks_valkey(
     ).app_config(uid, "theme")
     assert cache.stats.l2_skipped == 0, cache.stats
     assert cache.stats.l2_misses == 1, cache.stats
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 async def test_reads_fill_valkey_and_a_fresh_process_hits_l2(
-    engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
-    db_repo = AppConfigFragmentRepository(engine)
     writer, repo = caches.new_repo(engine)
     # Twice: a process that does not know a user's domain yet only records it the
     # first time (I3), and fills the envelopes the second time.
     for _ in range(2):
-        await assert_matches_db(repo, db_repo, spread)
+        await assert_matches_db(repo, spread)
         await writer.drain()
         caches.clock.advance(writer.local_ttl + 0.5)
     assert writer.stats.fills > 0
 
     reader, other = caches.new_repo(engine)
-    await assert_matches_db(other, db_repo, spread)
+    await assert_matches_db(other, spread)
     assert reader.stats.db_loads == 0  # every view, and the policy-name list, came from L2
     assert reader.stats.l2_misses == 0
     assert reader.stats.l2_hits >= len(spread.users) * len(NAMES)
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 async def test_seed_api_get_and_set_on_the_cluster(
-    engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
-    db_repo = AppConfigFragmentRepository(engine)
     cache, repo = caches.new_repo(engine)
     for uid in spread.users:
         # A read first: a process stores a view only under a domain it has seen the DB say.
         await repo.app_config(uid, "menu")
     for uid in spread.users:
-        await cache.set_merged_config(uid, "theme", await db_repo.app_config(uid, "theme"))
+        await cache.set_merged_config(uid, "theme", await spread.db.app_config(uid, "theme"))
     await cache.drain()
     caches.clock.advance(cache.local_ttl + 0.5)
     fresh = caches.new()
     for uid in spread.users:
-        assert await fresh.get_merged_config(uid, "theme") == await db_repo.app_config(uid, "theme")
+        assert await fresh.get_merged_config(uid, "theme") == await spread.db.app_config(
+            uid, "theme"
+        )
     assert fresh.stats.l2_hits == len(spread.users)
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 # -- writes and invalidation ------------------------------------------------------------
 
 
 async def test_every_write_and_invalidation_is_seen(
-    engine: AsyncEngine, spread: SpreadUsers, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
     """I1/I2 in the writing process, I4 in another one, after every write verb."""
-    db_repo = AppConfigFragmentRepository(engine)
     writer_cache, other_cache = caches.new(), caches.new()
     writer = AppConfigFragmentRepository(engine, cache_source=writer_cache)
     other = AppConfigFragmentRepository(engine, cache_source=other_cache)
@@ -314,11 +318,11 @@ async def test_every_write_and_invalidation_is_seen(
     d1_user = next(u for u in users if spread.domain_of[u] == "d1")
 
     async def check() -> None:
-        await assert_matches_db(writer, db_repo, spread)  # read-your-writes, at once
+        await assert_matches_db(writer, spread)  # read-your-writes, at once
         await writer_cache.drain()
         await other_cache.drain()
         caches.clock.advance(other_cache.local_ttl + 0.5)
-        await assert_matches_db(other, db_repo, spread)  # another process, after local_ttl
+        await assert_matches_db(other, spread)  # another process, after local_ttl
         await other_cache.drain()
 
     async def create_my() -> None:
@@ -396,7 +400,7 @@ async def test_every_write_and_invalidation_is_seen(
         await check()
     assert writer_cache.stats.invalidations > 0
     assert other_cache.stats.l2_hits > 0  # the other process was served from Valkey too
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 # -- round trips: cluster == standalone -------------------------------------------------
@@ -536,5 +540,4 @@ async def test_round_trips_equal_standalone(
     print("round trips per step (nodes per trip on the cluster):")
     for label, trips in cluster_trips.items():
         print(f"  {label}: {len(trips)} {fan_out[label]} {[t.shape for t in trips]}")
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not warnings, [r.getMessage() for r in warnings]
+    assert_no_warnings(caplog)

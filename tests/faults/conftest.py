@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -94,6 +94,19 @@ def server(valkey_url: str, embedded_valkey_server: EmbeddedValkey) -> EmbeddedV
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+class Faults(NamedTuple):
+    """What every fault test uses: ``engine, make_stack, clock = faults``."""
+
+    engine: AsyncEngine
+    make_stack: StackFactory
+    clock: FakeClock
+
+
+@pytest.fixture
+def faults(engine: AsyncEngine, make_stack: StackFactory, clock: FakeClock) -> Faults:
+    return Faults(engine, make_stack, clock)
 
 
 # -- a seeded population -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from appconfig_cache import (
     AppConfigFragmentRepository,
@@ -21,8 +21,8 @@ from tests.support.polling import wait_for
 
 from .conftest import (
     COOLDOWN,
+    Faults,
     Load,
-    StackFactory,
     belongs_to,
     fresh_reader,
     own_config,
@@ -39,12 +39,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("how", ["drop-incr", "blackhole-then-reset"])
 async def test_dropped_invalidation_is_replayed(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
-    how: str,
+    faults: Faults, valkey_proxy: FaultProxy, how: str
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=4)
     # The writer without L1, so that its reads show whether they ask Valkey.
     writer = await make_stack(valkey_proxy.url, timer=clock, probe_timeout=0.3, local_maxsize=0)
@@ -97,11 +94,9 @@ async def test_dropped_invalidation_is_replayed(
 
 
 async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, valkey_proxy: FaultProxy
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=24)
     stack = await make_stack(
         valkey_proxy.url, timer=clock, local_maxsize=0, max_connections=16, timeout=0.25
@@ -164,11 +159,9 @@ async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
 
 
 async def test_cancelled_write_leaves_no_stale_envelope(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, valkey_proxy: FaultProxy
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=2)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
@@ -195,11 +188,9 @@ async def test_cancelled_write_leaves_no_stale_envelope(
 
 
 async def test_cancelled_half_open_trial_does_not_wedge_the_breaker(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, valkey_proxy: FaultProxy
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=2)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
     cache = stack.cache
@@ -230,14 +221,11 @@ async def test_cancelled_half_open_trial_does_not_wedge_the_breaker(
 
 
 async def test_stale_set_race_widened_by_a_slow_db(
-    engine: AsyncEngine,
-    database_url: str,
-    valkey_url: str,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, database_url: str, valkey_url: str
 ) -> None:
     """A read whose DB answer is held by the proxy while a write and its invalidation finish
     must not leave its old value in either tier (I3)."""
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=2)
     uid, name = population.users[0], population.names[0]
     oracle = AppConfigFragmentRepository(engine)

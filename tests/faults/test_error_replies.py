@@ -25,6 +25,7 @@ from tests.support.valkey import RaiseOnCall
 
 from .conftest import (
     COOLDOWN,
+    Faults,
     Load,
     StackFactory,
     own_config,
@@ -177,13 +178,12 @@ PROXY_FAULTS: list[Any] = [
 
 @pytest.mark.parametrize("inject", PROXY_FAULTS)
 async def test_proxy_faults_never_reach_the_caller(
-    engine: AsyncEngine,
+    faults: Faults,
     valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
     inject: Callable[[FaultProxy], None],
     request: pytest.FixtureRequest,
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=6)
     stack = await make_stack(
         valkey_proxy.url, timer=clock, local_maxsize=0, probe_timeout=0.3, breaker_cooldown=COOLDOWN

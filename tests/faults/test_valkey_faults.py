@@ -18,7 +18,6 @@ import time
 
 import pytest
 import valkey.exceptions as vex
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -26,15 +25,14 @@ from appconfig_cache import (
 )
 from appconfig_cache.embedded import EmbeddedValkey
 from appconfig_cache.tiered import keys as K
-from tests.support.clock import FakeClock
 from tests.support.fragments import my_fragment
 from tests.support.polling import wait_for
 from tests.support.valkey import direct_client
 
 from .conftest import (
     COOLDOWN,
+    Faults,
     Load,
-    StackFactory,
     fresh_reader,
     own_config,
     recover,
@@ -47,12 +45,8 @@ pytestmark = pytest.mark.slow
 # -- SIGSTOP ----------------------------------------------------------------------------------
 
 
-async def test_sigstop_under_steady_load(
-    engine: AsyncEngine,
-    server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: FakeClock,
-) -> None:
+async def test_sigstop_under_steady_load(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine)
     # Valkey only (no L1): every read of the load asks Valkey while it may.
     stack = await make_stack(
@@ -108,12 +102,8 @@ async def test_sigstop_under_steady_load(
 # -- kill, restart empty ------------------------------------------------------------------
 
 
-async def test_killed_and_restarted_empty(
-    engine: AsyncEngine,
-    server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: FakeClock,
-) -> None:
+async def test_killed_and_restarted_empty(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0, breaker_cooldown=COOLDOWN)
     oracle = AppConfigFragmentRepository(engine)
@@ -172,11 +162,9 @@ async def test_killed_and_restarted_empty(
 
 
 async def test_restored_older_snapshot_never_matches(
-    engine: AsyncEngine,
-    server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, server: EmbeddedValkey
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=2)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
@@ -222,12 +210,9 @@ def cache_state(cache: AppConfigFragmentCacheSource) -> str:
 
 @pytest.mark.parametrize("fault", ["stop", "kill", "pause", "garbage"])
 async def test_i5_breaker_opens_and_closes(
-    engine: AsyncEngine,
-    server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: FakeClock,
-    fault: str,
+    faults: Faults, server: EmbeddedValkey, fault: str
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine, users=6)
     async with FaultProxy(("127.0.0.1", server.port)) as proxy:
         url = proxy.url if fault == "garbage" else server.url
@@ -266,11 +251,9 @@ async def test_i5_breaker_opens_and_closes(
 
 
 async def test_reset_idle_connections_do_not_open_the_breaker(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: FakeClock,
+    faults: Faults, valkey_proxy: FaultProxy
 ) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
     load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
@@ -293,12 +276,8 @@ async def test_reset_idle_connections_do_not_open_the_breaker(
 # -- Valkey full ------------------------------------------------------------------------------
 
 
-async def test_valkey_full_fills_fail_silently(
-    engine: AsyncEngine,
-    server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: FakeClock,
-) -> None:
+async def test_valkey_full_fills_fail_silently(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
     population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     cache = stack.cache

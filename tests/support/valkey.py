@@ -15,7 +15,7 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import valkey.asyncio as valkey_asyncio
 
@@ -36,8 +36,7 @@ _KEYS_OF: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """One command: its lower-case name and its arguments."""
 
     name: str
