@@ -24,12 +24,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from appconfig_cache import create_schema, make_valkey_client
 from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres, to_asyncpg_url
 
-from .support import World, seed
+from .support import BenchSession, seed
 
 VALKEY_URL_ENV = "APPCONFIG_CACHE_VALKEY_URL"
 DATABASE_URL_ENV = "APPCONFIG_CACHE_DATABASE_URL"
 
-_WORLD_KEY = pytest.StashKey[World]()
+_SESSION_KEY = pytest.StashKey[BenchSession]()
 _LOAD_KEY = pytest.StashKey[tuple[float, float, float]]()
 
 _PACKAGES = (
@@ -65,7 +65,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(scope="session")
-def world(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> Iterator[World]:
+def bench(
+    request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop
+) -> Iterator[BenchSession]:
     """Servers, engine, Valkey client and the seeded population."""
     stack = AsyncExitStack()
     run = loop.run_until_complete
@@ -104,7 +106,7 @@ def world(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> It
         return population, {"postgresql": str(pg), server: str(valkey)}
 
     population, versions = run(prepare())
-    bench_world = World(
+    session = BenchSession(
         loop=loop,
         valkey_url=valkey_url,
         database_url=database_url,
@@ -116,13 +118,13 @@ def world(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> It
         domain_of=population["domain_of"],
         server_versions=versions,
     )
-    request.config.stash[_WORLD_KEY] = bench_world
+    request.config.stash[_SESSION_KEY] = session
     try:
-        yield bench_world
+        yield session
     finally:
 
         async def close() -> None:
-            await bench_world.aclose_caches()
+            await session.aclose_caches()
             await client.aclose()
             await engine.dispose()
             await stack.aclose()
@@ -133,10 +135,10 @@ def world(request: pytest.FixtureRequest, loop: asyncio.AbstractEventLoop) -> It
 
 
 @pytest.fixture
-def clean_valkey(world: World) -> World:
+def clean_valkey(bench: BenchSession) -> BenchSession:
     """An empty Valkey database before the test (each benchmark builds its own state)."""
-    world.flush_valkey()
-    return world
+    bench.flush_valkey()
+    return bench
 
 
 def _cpu_model() -> str:
@@ -164,9 +166,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     machine_info["package_versions"] = versions
-    bench_world = config.stash.get(_WORLD_KEY, None)
-    if bench_world is not None:
-        machine_info["server_versions"] = dict(bench_world.server_versions)
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        machine_info["server_versions"] = dict(session.server_versions)
         machine_info["external_servers"] = {
             "valkey": bool(os.environ.get(VALKEY_URL_ENV)),
             "postgresql": bool(os.environ.get(DATABASE_URL_ENV)),

@@ -1,4 +1,4 @@
-"""Shared pieces of the bench suite: the seeded world, the op runner, counters.
+"""Shared pieces of the bench suite: the seeded session, the op runner, counting trips.
 
 Every figure is a *per-op* time: a benchmark round runs one coroutine that
 performs ``ops_per_round`` operations on a persistent event loop, and
@@ -10,18 +10,22 @@ path and the peers all run through the same loop shape, so the fixed cost of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tests.support.data import truncate_tables
+from tests.support.internals import merged_view_statement
+from tests.support.sql import count_sql
+from tests.support.valkey import CountingValkey
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -47,6 +51,12 @@ NAMES: list[str] = list(POLICIES)
 #: the document the single-key benchmarks read
 NAME = "theme"
 DOMAINS = ("default", "research", "ops", "edu")
+
+#: the same loop shape everywhere: N_FAST ops for in-memory work, N_RT for one network round
+#: trip, N_SQL for a query (the per-round cost of run_until_complete is spread over them)
+N_FAST = 2000
+N_RT = 50
+N_SQL = 20
 
 N_HOT = 64  # users of the single-key benchmarks (all fit every tier)
 N_WORK = 2000  # the Zipf population of the throughput workload; also "returning" users
@@ -107,7 +117,7 @@ def user_names(index: int) -> list[str]:
 
 
 @dataclass
-class World:
+class BenchSession:
     """The servers, the engine, the client and the seeded population of one session."""
 
     loop: asyncio.AbstractEventLoop
@@ -180,10 +190,8 @@ async def seed(engine: AsyncEngine, rng: random.Random) -> dict[str, Any]:
         for name in user_names(i):
             fragment(S.USER, str(uid), name, user_config(name, i))
 
+    await truncate_tables(engine)
     async with engine.begin() as conn:
-        await conn.execute(
-            sa.text("TRUNCATE users, app_config_policies, app_config_fragments CASCADE")
-        )
         await conn.execute(
             sa.insert(policies),
             [
@@ -221,7 +229,7 @@ def scaled(benchmark: Any, real: int, smoke: int) -> int:
 
 def measure(
     benchmark: Any,
-    world: World,
+    bench: BenchSession,
     key: str,
     body: Callable[[], Awaitable[Any]],
     *,
@@ -238,7 +246,7 @@ def measure(
     benchmark.extra_info["key"] = key
     benchmark.extra_info["ops_per_round"] = ops
     benchmark.extra_info.update(info)
-    loop = world.loop
+    loop = bench.loop
 
     def target() -> None:
         loop.run_until_complete(body())
@@ -251,98 +259,17 @@ def measure(
     )
 
 
-# -- counters -------------------------------------------------------------------------------
-
-
-class CountingValkey:
-    """Passes every call to a valkey-py client and counts the round trips.
-
-    A command awaited on the client is one round trip; a pipeline is one at
-    ``execute()``. Used in untimed passes only.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.round_trips = 0
-        self.commands: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = attr(*args, **kwargs)
-            if not asyncio.iscoroutine(result):
-                return result
-
-            async def counted() -> Any:
-                self.round_trips += 1
-                self.commands.append(name)
-                return await result
-
-            return counted()
-
-        return call
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        return _CountingPipeline(self._inner.pipeline(*args, **kwargs), self)
-
-
-class _CountingPipeline:
-    def __init__(self, inner: Any, owner: CountingValkey) -> None:
-        self._inner = inner
-        self._owner = owner
-        self._names: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr):
-            return attr
-
-        def queue(*args: Any, **kwargs: Any) -> Any:
-            self._names.append(name)
-            attr(*args, **kwargs)
-            return self
-
-        return queue
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        self._owner.round_trips += 1
-        self._owner.commands.append("pipeline[" + ",".join(self._names) + "]")
-        return await self._inner.execute(*args, **kwargs)
-
-
-class SqlCounter:
-    """Counts the statements an engine sends, while active."""
-
-    def __init__(self) -> None:
-        self.statements = 0
-
-    def _on_execute(self, *_args: Any, **_kwargs: Any) -> None:
-        self.statements += 1
-
-    @contextmanager
-    def watching(self, engine: AsyncEngine) -> Iterator[SqlCounter]:
-        target = engine.sync_engine
-        event.listen(target, "before_cursor_execute", self._on_execute)
-        try:
-            yield self
-        finally:
-            event.remove(target, "before_cursor_execute", self._on_execute)
-
-
 # -- state helpers ----------------------------------------------------------------------------
 
 
-async def warm_valkey(world: World, user_ids: list[UUID], names: list[str]) -> None:
+async def warm_valkey(bench: BenchSession, user_ids: list[UUID], names: list[str]) -> None:
     """Put the envelopes of ``user_ids`` x ``names`` into Valkey, as the read path does.
 
     A process that does not know a user's domain skips the envelope fill once,
     so an L2-only cache source reads twice; the third read must be a Valkey hit.
     """
-    cache = AppConfigFragmentCacheSource(world.client, local_maxsize=0)
-    repo = world.repo(cache)
+    cache = AppConfigFragmentCacheSource(bench.client, local_maxsize=0)
+    repo = bench.repo(cache)
     try:
         for _ in range(2):
             for uid in user_ids:
@@ -364,7 +291,7 @@ async def drain(cache: AppConfigFragmentCacheSource | None) -> None:
 
 
 async def count_trips(
-    world: World,
+    bench: BenchSession,
     op: Callable[[AppConfigFragmentRepository], Awaitable[Any]],
     *,
     prepare: Callable[[AppConfigFragmentRepository], Awaitable[Any]] | None = None,
@@ -374,26 +301,79 @@ async def count_trips(
 
     ``prepare`` brings a fresh cache source into the state the benchmark measures.
     """
-    counting = CountingValkey(world.client)
+    counting = CountingValkey(bench.client)
     cache = AppConfigFragmentCacheSource(counting, **cache_kwargs)
-    repo = world.repo(cache)
+    repo = bench.repo(cache)
     try:
         if prepare is not None:
             await prepare(repo)
-            await cache.drain()
-        counting.round_trips = 0
-        counting.commands.clear()
-        counter = SqlCounter()
-        with counter.watching(world.engine):
-            await op(repo)
-            await cache.drain()  # the background fill is a round trip of this op too
-        return {
-            "valkey_round_trips": counting.round_trips,
-            "sql_statements": counter.statements,
-            "valkey_calls": list(counting.commands),
-        }
+        return await trips_of(bench, counting, lambda: op(repo), cache)
     finally:
         await cache.aclose()
+
+
+async def trips_of(
+    bench: BenchSession,
+    counting: CountingValkey,
+    op: Callable[[], Awaitable[Any]],
+    cache: AppConfigFragmentCacheSource | None = None,
+) -> dict[str, Any]:
+    """Valkey round trips (on ``counting``) and SQL statements of ``op()``.
+
+    The cache source's background work is drained before and after: a background fill
+    is a round trip of this op too.
+    """
+    await drain(cache)
+    counting.reset()
+    with count_sql(bench.engine) as sql:
+        await op()
+        await drain(cache)
+    return {
+        "valkey_round_trips": counting.round_trips,
+        "sql_statements": sql.count,
+        "valkey_calls": [call.label for call in counting.calls],
+    }
+
+
+def cold_batches(
+    bench: BenchSession, cache: AppConfigFragmentCacheSource, users: list[UUID], size: int
+) -> tuple[list[UUID], Callable[[], None]]:
+    """``(batch, setup)``: each ``setup()`` (untimed, before a round) refills ``batch`` with
+    the next ``size`` of ``users`` (cycling) and invalidates their user scope in ``cache``."""
+    cycle = itertools.cycle(range(0, len(users), size))
+    batch: list[UUID] = []
+
+    def setup() -> None:
+        start = next(cycle)
+        batch[:] = users[start : start + size]
+
+        async def invalidate() -> None:
+            for uid in batch:
+                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
+
+        bench.run(invalidate())
+
+    return batch, setup
+
+
+def timed_reads(
+    get: Callable[[UUID, str], Awaitable[Any]],
+    users: list[UUID],
+    latencies: list[float],
+    cache: AppConfigFragmentCacheSource | None = None,
+) -> Callable[[], Awaitable[None]]:
+    """A round body: read ``NAME`` for each of ``users`` (the list may be refilled between
+    rounds), each read's latency appended to ``latencies``; then ``cache`` drained (the
+    Valkey fills run in the background: they are counted in)."""
+
+    async def body() -> None:
+        for uid in users:
+            started = perf_counter()
+            await get(uid, NAME)
+            latencies.append(perf_counter() - started)
+        await drain(cache)
+
+    return body
 
 
 def record_latency(benchmark: Any, samples: list[float]) -> None:
@@ -408,20 +388,8 @@ def record_latency(benchmark: Any, samples: list[float]) -> None:
         benchmark.extra_info["latency_p95"] = ordered[int(len(ordered) * 0.95)]
 
 
-def stats_delta(before: Any, after: Any, *fields: str) -> dict[str, int]:
-    return {f: getattr(after, f) - getattr(before, f) for f in fields}
-
-
-def snapshot(cache: AppConfigFragmentCacheSource) -> Any:
-    from dataclasses import replace
-
-    return replace(cache.stats)
-
-
 def merged_view_sql() -> tuple[Any, str]:
     """The repository's merged-view statement, and the same text for asyncpg (``$1``, ``$2``)."""
-    from appconfig_cache.repositories.app_config_fragment.db_source import db_source
-
-    statement = db_source._MERGED_VIEW_SQL
+    statement = merged_view_statement()
     text = statement.element.text.replace(":uid", "$1").replace(":names", "$2")
     return statement, text

@@ -8,21 +8,19 @@ statements of one bootstrap are counted on a counting client (untimed).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
+from tests.support.stats import stats_change, stats_snapshot
 
 from appconfig_cache import AppConfigScopeType
 
 from .support import (
     NAMES,
-    World,
+    BenchSession,
+    cold_batches,
     count_trips,
     drain,
     measure,
     scaled,
-    snapshot,
-    stats_delta,
     warm_valkey,
 )
 
@@ -53,9 +51,9 @@ def _singles(repo):
 SHAPES = {"batched": _batched, "singles": _singles}
 
 
-def _trips(world: World, shape: str, uid, prepare, **cache_kwargs):
-    return world.run(
-        count_trips(world, lambda r: SHAPES[shape](r)(uid), prepare=prepare, **cache_kwargs)
+def _trips(bench: BenchSession, shape: str, uid, prepare, **cache_kwargs):
+    return bench.run(
+        count_trips(bench, lambda r: SHAPES[shape](r)(uid), prepare=prepare, **cache_kwargs)
     )
 
 
@@ -70,16 +68,16 @@ WARM = {
 
 @pytest.mark.parametrize("tier", list(WARM))
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_bootstrap_warm(benchmark, clean_valkey: World, shape: str, tier: str) -> None:
-    world = clean_valkey
+def test_bootstrap_warm(benchmark, clean_valkey: BenchSession, shape: str, tier: str) -> None:
+    bench = clean_valkey
     cache_kwargs, ops, rounds, every_read_hits = WARM[tier]
-    users = world.hot_users
+    users = bench.hot_users
     if tier == "l2":
-        world.run(warm_valkey(world, users, NAMES))
-    cache = world.cache(**cache_kwargs)
-    read = SHAPES[shape](world.repo(cache))
+        bench.run(warm_valkey(bench, users, NAMES))
+    cache = bench.cache(**cache_kwargs)
+    read = SHAPES[shape](bench.repo(cache))
     for uid in users:
-        world.run(read(uid))
+        bench.run(read(uid))
 
     async def body():
         views = None
@@ -87,59 +85,48 @@ def test_bootstrap_warm(benchmark, clean_valkey: World, shape: str, tier: str) -
             views = await read(users[i & 63])
         assert views is not None and len(views) == len(NAMES)
 
-    before = snapshot(cache)
+    before = stats_snapshot(cache)
     measure(
         benchmark,
-        world,
+        bench,
         f"bootstrap.{tier}.{shape}",
         body,
         ops=ops,
         rounds=scaled(benchmark, rounds, 1),
         documents=len(NAMES),
     )
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    delta = stats_change(before, cache.stats, *_COUNTERS)
     benchmark.extra_info["stats"] = delta
 
     async def prepare(r):
         await SHAPES[shape](r)(users[0])
 
-    benchmark.extra_info["trips"] = _trips(world, shape, users[0], prepare, **cache_kwargs)
+    benchmark.extra_info["trips"] = _trips(bench, shape, users[0], prepare, **cache_kwargs)
     assert every_read_hits(delta), delta
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_bootstrap_cold(benchmark, clean_valkey: World, shape: str) -> None:
-    world = clean_valkey
-    cache = world.cache()
-    repo = world.repo(cache)
+def test_bootstrap_cold(benchmark, clean_valkey: BenchSession, shape: str) -> None:
+    bench = clean_valkey
+    cache = bench.cache()
+    repo = bench.repo(cache)
     read = SHAPES[shape](repo)
     rounds = scaled(benchmark, 25, 1)
-    used = world.work_users[: (rounds + 1) * N_COLD]
-    world.run(warm_valkey(world, used, NAMES))
+    used = bench.work_users[: (rounds + 1) * N_COLD]
+    bench.run(warm_valkey(bench, used, NAMES))
     for uid in used:
-        world.run(read(uid))
-    cycle = itertools.cycle(range(0, len(used), N_COLD))
-    batch: list = []
-
-    def setup():
-        start = next(cycle)
-        batch[:] = used[start : start + N_COLD]
-
-        async def invalidate():
-            for uid in batch:
-                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-
-        world.run(invalidate())
+        bench.run(read(uid))
+    batch, setup = cold_batches(bench, cache, used, N_COLD)
 
     async def body():
         for uid in batch:
             await read(uid)
         await drain(cache)  # the Valkey fills run in the background: count them in
 
-    before = snapshot(cache)
+    before = stats_snapshot(cache)
     measure(
         benchmark,
-        world,
+        bench,
         f"bootstrap.cold.{shape}",
         body,
         ops=N_COLD,
@@ -147,24 +134,24 @@ def test_bootstrap_cold(benchmark, clean_valkey: World, shape: str) -> None:
         setup=setup,
         documents=len(NAMES),
     )
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    delta = stats_change(before, cache.stats, *_COUNTERS)
     benchmark.extra_info["stats"] = delta
-    uid = world.work_users[-1]
+    uid = bench.work_users[-1]
 
     async def prepare(r):
         await SHAPES[shape](r)(uid)
         await SHAPES[shape](r)(uid)
         await r.cache_source.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
 
-    benchmark.extra_info["trips"] = _trips(world, shape, uid, prepare)
+    benchmark.extra_info["trips"] = _trips(bench, shape, uid, prepare)
     assert delta["l1_hits"] == 0 and delta["l2_hits"] == 0
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_bootstrap_db_only(benchmark, world: World, shape: str) -> None:
-    repo = world.repo(None)
+def test_bootstrap_db_only(benchmark, bench: BenchSession, shape: str) -> None:
+    repo = bench.repo(None)
     read = SHAPES[shape](repo)
-    users = world.hot_users
+    users = bench.hot_users
 
     async def body():
         for i in range(N_COLD):
@@ -172,7 +159,7 @@ def test_bootstrap_db_only(benchmark, world: World, shape: str) -> None:
 
     measure(
         benchmark,
-        world,
+        bench,
         f"bootstrap.db_only.{shape}",
         body,
         ops=N_COLD,

@@ -7,31 +7,36 @@ import pytest
 import sqlalchemy as sa
 from cachetools import TTLCache
 
-from appconfig_cache.tiered import keys as K
+from appconfig_cache.tiered import keys as cache_keys
 
-from .support import NAME, World, measure, merged_view_sql, scaled, warm_valkey
+from .support import (
+    N_FAST,
+    N_RT,
+    N_SQL,
+    NAME,
+    BenchSession,
+    measure,
+    merged_view_sql,
+    scaled,
+    warm_valkey,
+)
 
 pytestmark = pytest.mark.benchmark(group="floors")
 
-# Same loop shape everywhere: N_FAST ops for in-memory work, N_RT for one network round
-# trip, N_SQL for a query (the per-round cost of run_until_complete is spread over them).
-N_FAST = 2000
-N_RT = 50
-N_SQL = 20
 
-
-def _hot_view(world: World):
-    repo = world.repo(None)
-    return world.run(repo.app_config(world.hot_users[0], NAME))
-
-
-def test_ttlcache_hit(benchmark, world: World) -> None:
-    """A raw ``cachetools.TTLCache`` hit of the same view, in the coroutine loop."""
-    view = _hot_view(world)
+def _filled_ttlcache(bench: BenchSession) -> tuple[TTLCache, list]:
+    """A raw ``TTLCache`` holding the same view under every hot user's key, and the keys."""
+    view = bench.run(bench.repo(None).app_config(bench.hot_users[0], NAME))
     cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
-    keys = [(uid, NAME) for uid in world.hot_users]
+    keys = [(uid, NAME) for uid in bench.hot_users]
     for key in keys:
         cache[key] = view
+    return cache, keys
+
+
+def test_ttlcache_hit(benchmark, bench: BenchSession) -> None:
+    """A raw ``cachetools.TTLCache`` hit of the same view, in the coroutine loop."""
+    cache, keys = _filled_ttlcache(bench)
 
     async def body():
         value = None
@@ -39,16 +44,12 @@ def test_ttlcache_hit(benchmark, world: World) -> None:
             value = cache[keys[i & 63]]
         return value
 
-    measure(benchmark, world, "floor.ttlcache", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
+    measure(benchmark, bench, "floor.ttlcache", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
 
 
-def test_ttlcache_hit_awaited(benchmark, world: World) -> None:
+def test_ttlcache_hit_awaited(benchmark, bench: BenchSession) -> None:
     """The same hit behind one ``await`` of a coroutine function (what any async API adds)."""
-    view = _hot_view(world)
-    cache: TTLCache = TTLCache(maxsize=4096, ttl=60.0)
-    keys = [(uid, NAME) for uid in world.hot_users]
-    for key in keys:
-        cache[key] = view
+    cache, keys = _filled_ttlcache(bench)
 
     async def lookup(key):
         return cache[key]
@@ -61,7 +62,7 @@ def test_ttlcache_hit_awaited(benchmark, world: World) -> None:
 
     measure(
         benchmark,
-        world,
+        bench,
         "floor.ttlcache_awaited",
         body,
         ops=N_FAST,
@@ -69,13 +70,13 @@ def test_ttlcache_hit_awaited(benchmark, world: World) -> None:
     )
 
 
-def test_valkey_get(benchmark, clean_valkey: World) -> None:
+def test_valkey_get(benchmark, clean_valkey: BenchSession) -> None:
     """A raw valkey-py asyncio ``GET`` of our envelope, on the client the cache uses."""
-    world = clean_valkey
-    world.run(warm_valkey(world, world.hot_users, [NAME]))
-    client = world.client
-    keys = [K.merged_key(uid, NAME) for uid in world.hot_users]
-    payload = world.run(client.get(keys[0]))
+    bench = clean_valkey
+    bench.run(warm_valkey(bench, bench.hot_users, [NAME]))
+    client = bench.client
+    keys = [cache_keys.merged_key(uid, NAME) for uid in bench.hot_users]
+    payload = bench.run(client.get(keys[0]))
     assert payload is not None
 
     async def body():
@@ -86,7 +87,7 @@ def test_valkey_get(benchmark, clean_valkey: World) -> None:
 
     measure(
         benchmark,
-        world,
+        bench,
         "floor.valkey_get",
         body,
         ops=N_RT,
@@ -95,11 +96,11 @@ def test_valkey_get(benchmark, clean_valkey: World) -> None:
     )
 
 
-def test_sql_sqlalchemy(benchmark, world: World) -> None:
+def test_sql_sqlalchemy(benchmark, bench: BenchSession) -> None:
     """The merged-view SQL through SQLAlchemy (autocommit, rows fetched, no model building)."""
     statement, _ = merged_view_sql()
-    read_engine = world.engine.execution_options(isolation_level="AUTOCOMMIT")
-    users = world.hot_users
+    read_engine = bench.engine.execution_options(isolation_level="AUTOCOMMIT")
+    users = bench.hot_users
     names = [NAME]
 
     async def body():
@@ -110,14 +111,14 @@ def test_sql_sqlalchemy(benchmark, world: World) -> None:
         assert rows
 
     measure(
-        benchmark, world, "floor.sql_sqlalchemy", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1)
+        benchmark, bench, "floor.sql_sqlalchemy", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1)
     )
 
 
-def test_sql_asyncpg_prepared(benchmark, world: World) -> None:
+def test_sql_asyncpg_prepared(benchmark, bench: BenchSession) -> None:
     """The same SQL as an asyncpg prepared statement on one connection (no pool, no decoding)."""
     _, text = merged_view_sql()
-    url = sa.engine.make_url(world.database_url)
+    url = sa.engine.make_url(bench.database_url)
 
     async def connect():
         conn = await asyncpg.connect(
@@ -129,8 +130,8 @@ def test_sql_asyncpg_prepared(benchmark, world: World) -> None:
         )
         return conn, await conn.prepare(text)
 
-    conn, prepared = world.run(connect())
-    users = world.hot_users
+    conn, prepared = bench.run(connect())
+    users = bench.hot_users
     names = [NAME]
 
     async def body():
@@ -142,11 +143,11 @@ def test_sql_asyncpg_prepared(benchmark, world: World) -> None:
     try:
         measure(
             benchmark,
-            world,
+            bench,
             "floor.sql_asyncpg",
             body,
             ops=N_SQL,
             rounds=scaled(benchmark, 40, 1),
         )
     finally:
-        world.run(conn.close())
+        bench.run(conn.close())

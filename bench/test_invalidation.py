@@ -13,15 +13,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from tests.support.stats import stats_snapshot
 
 from appconfig_cache import AppConfigScopeType
-from appconfig_cache.tiered import keys as K
+from appconfig_cache.tiered import keys as cache_keys
 from appconfig_cache.tiered.commands import server_epoch_of
 from appconfig_cache.tiered.envelope import encode_envelope
 
 from .legacy import LegacyAppConfigCacheSource
 from .legacy import merged_key as legacy_key
-from .support import NAME, NAMES, World, measure, scaled, snapshot, warm_valkey
+from .support import NAME, NAMES, BenchSession, measure, scaled, warm_valkey
 
 pytestmark = pytest.mark.benchmark(group="invalidation")
 
@@ -34,17 +35,24 @@ def _entries(benchmark, size: int) -> int:
     return size if size <= 1000 else scaled(benchmark, size, 1000)
 
 
-async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str]]]:
+async def _fill(bench: BenchSession, size: int) -> tuple[str, list[tuple[uuid.UUID, str]]]:
     """``size`` live envelopes for synthetic users of one domain; returns (domain, entries)."""
-    template = world.hot_users[0]
-    domain = world.domain_of[template]
-    await warm_valkey(world, [template], NAMES)  # creates the generations, as a real read does
-    client = world.client
-    gen_keys = [K.PUBLIC_GEN, K.domain_gen_key(domain), *map(K.name_gen_key, NAMES)]
+    template = bench.hot_users[0]
+    domain = bench.domain_of[template]
+    await warm_valkey(bench, [template], NAMES)  # creates the generations, as a real read does
+    client = bench.client
+    gen_keys = [
+        cache_keys.PUBLIC_GEN,
+        cache_keys.domain_gen_key(domain),
+        *map(cache_keys.name_gen_key, NAMES),
+    ]
     values = dict(zip(gen_keys, await client.mget(gen_keys), strict=True))
-    public, by_domain = int(values[K.PUBLIC_GEN]), int(values[K.domain_gen_key(domain)])
+    public, by_domain = (
+        int(values[cache_keys.PUBLIC_GEN]),
+        int(values[cache_keys.domain_gen_key(domain)]),
+    )
     epoch = server_epoch_of(await client.info("server"))
-    repo = world.repo(None)
+    repo = bench.repo(None)
     data = {name: (await repo.app_config(template, name)).model_dump_json() for name in NAMES}
     entries: list[tuple[uuid.UUID, str]] = []
     users = [uuid.uuid4() for _ in range(-(-size // len(NAMES)))]
@@ -56,14 +64,14 @@ async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str
     pipe = client.pipeline(transaction=False)
     queued = 0
     for uid in users:
-        pipe.set(K.user_gen_key(uid), user_gen)
-        pipe.set(K.user_domain_key(uid), domain, ex=600)
+        pipe.set(cache_keys.user_gen_key(uid), user_gen)
+        pipe.set(cache_keys.user_domain_key(uid), domain, ex=600)
         queued += 2
     for uid, name in entries:
-        gens = (public, int(values[K.name_gen_key(name)]), by_domain, user_gen)
+        gens = (public, int(values[cache_keys.name_gen_key(name)]), by_domain, user_gen)
         body = data[name].replace(str(template), str(uid))
         envelope = encode_envelope(uid, name, domain, gens, epoch, body.encode())
-        pipe.set(K.merged_key(uid, name), envelope, ex=600)
+        pipe.set(cache_keys.merged_key(uid, name), envelope, ex=600)
         queued += 1
         if queued >= _CHUNK:
             await pipe.execute()
@@ -76,8 +84,8 @@ async def _fill(world: World, size: int) -> tuple[str, list[tuple[uuid.UUID, str
 async def _raw_bump(cache, domain):
     # The floor: the one pipelined round trip an invalidation needs, without our code.
     pipe = cache.client.pipeline(transaction=False)
-    pipe.set(K.PUBLIC_GEN, 1, nx=True)
-    pipe.incr(K.PUBLIC_GEN)
+    pipe.set(cache_keys.PUBLIC_GEN, 1, nx=True)
+    pipe.incr(cache_keys.PUBLIC_GEN)
     await pipe.execute()
 
 
@@ -91,22 +99,22 @@ INVALIDATIONS = {
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", list(INVALIDATIONS))
-def test_invalidation(benchmark, clean_valkey: World, kind: str, size: int) -> None:
-    world = clean_valkey
+def test_invalidation(benchmark, clean_valkey: BenchSession, kind: str, size: int) -> None:
+    bench = clean_valkey
     entries_n = _entries(benchmark, size)
-    domain, entries = world.run(_fill(world, entries_n))
-    cache = world.cache()
-    repo = world.repo(cache)
+    domain, entries = bench.run(_fill(bench, entries_n))
+    cache = bench.cache()
+    repo = bench.repo(cache)
 
     async def load_l1():
         # Every entry is a live envelope: reading it is a Valkey hit that fills L1.
         for uid, name in entries[: min(len(entries), 4096)]:
             await repo.app_config(uid, name)
 
-    before = snapshot(cache)
-    world.run(load_l1())
+    before = stats_snapshot(cache)
+    bench.run(load_l1())
     assert cache.stats.db_loads == before.db_loads, "the synthetic envelopes did not match"
-    dbsize = world.run(world.client.dbsize())
+    dbsize = bench.run(bench.client.dbsize())
     invalidate = INVALIDATIONS[kind]
 
     async def body():
@@ -115,7 +123,7 @@ def test_invalidation(benchmark, clean_valkey: World, kind: str, size: int) -> N
 
     measure(
         benchmark,
-        world,
+        bench,
         f"invalidation.{kind}.{size}",
         body,
         ops=N_OPS,
@@ -131,40 +139,40 @@ def test_invalidation(benchmark, clean_valkey: World, kind: str, size: int) -> N
     if kind == "policy" and name != NAME:
         uid, name = next((u, n) for u, n in entries if n == NAME)
     loads = cache.stats.db_loads
-    world.run(repo.app_config(uid, name))
+    bench.run(repo.app_config(uid, name))
     assert cache.stats.db_loads == loads + 1
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_legacy_invalidation_public(benchmark, clean_valkey: World, size: int) -> None:
+def test_legacy_invalidation_public(benchmark, clean_valkey: BenchSession, size: int) -> None:
     """The legacy shape: PUBLIC deletes the whole prefix with SCAN + UNLINK (refilled untimed)."""
-    world = clean_valkey
+    bench = clean_valkey
     entries_n = _entries(benchmark, size)
-    legacy = LegacyAppConfigCacheSource(world.client)
-    template = world.hot_users[0]
-    repo = world.repo(None)
-    data = {name: world.run(repo.app_config(template, name)).model_dump_json() for name in NAMES}
+    legacy = LegacyAppConfigCacheSource(bench.client)
+    template = bench.hot_users[0]
+    repo = bench.repo(None)
+    data = {name: bench.run(repo.app_config(template, name)).model_dump_json() for name in NAMES}
     users = [uuid.uuid4() for _ in range(-(-entries_n // len(NAMES)))]
     entries = [(u, n) for u in users for n in NAMES][:entries_n]
 
     async def refill():
-        pipe = world.client.pipeline(transaction=False)
+        pipe = bench.client.pipeline(transaction=False)
         for i, (uid, name) in enumerate(entries, 1):
             pipe.set(legacy_key(uid, name), data[name].replace(str(template), str(uid)), ex=600)
             if i % _CHUNK == 0:
                 await pipe.execute()
-                pipe = world.client.pipeline(transaction=False)
+                pipe = bench.client.pipeline(transaction=False)
         await pipe.execute()
 
     def setup():
-        world.run(refill())
+        bench.run(refill())
 
     async def body():
         await legacy.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
 
     measure(
         benchmark,
-        world,
+        bench,
         f"legacy.invalidation.public.{size}",
         body,
         ops=1,
@@ -173,4 +181,4 @@ def test_legacy_invalidation_public(benchmark, clean_valkey: World, size: int) -
         setup=setup,
         entries=len(entries),
     )
-    assert world.run(world.client.dbsize()) == 0
+    assert bench.run(bench.client.dbsize()) == 0

@@ -3,47 +3,46 @@
 from __future__ import annotations
 
 import itertools
-from time import perf_counter
 
 import pytest
+from tests.support.stats import stats_change, stats_snapshot
+from tests.support.valkey import CountingValkey
 
 from appconfig_cache import AppConfigScopeType
 
 from .legacy import LegacyAppConfigCacheSource, LegacyRepository
 from .legacy import merged_key as legacy_key
 from .support import (
+    N_FAST,
+    N_RT,
+    N_SQL,
     NAME,
-    CountingValkey,
-    SqlCounter,
-    World,
+    BenchSession,
+    cold_batches,
     count_trips,
-    drain,
     measure,
     record_latency,
     scaled,
-    snapshot,
-    stats_delta,
+    timed_reads,
+    trips_of,
     warm_valkey,
 )
 
 pytestmark = pytest.mark.benchmark(group="read path")
 
-N_FAST = 2000
-N_RT = 50
-N_SQL = 20
 
 _COUNTERS = ("l1_hits", "l1_misses", "l2_hits", "l2_misses", "db_loads", "fills")
 
 
-def test_l1_hit(benchmark, clean_valkey: World) -> None:
+def test_l1_hit(benchmark, clean_valkey: BenchSession) -> None:
     """An L1 hit. ``local_ttl=60`` so that every timed op is a hit (the default 2 s would
     add one Valkey hit per key every 2 s)."""
-    world = clean_valkey
-    cache = world.cache(local_ttl=60.0)
-    repo = world.repo(cache)
-    users = world.hot_users
+    bench = clean_valkey
+    cache = bench.cache(local_ttl=60.0)
+    repo = bench.repo(cache)
+    users = bench.hot_users
     for uid in users:
-        world.run(repo.app_config(uid, NAME))
+        bench.run(repo.app_config(uid, NAME))
     get = repo.app_config
 
     async def body():
@@ -52,25 +51,25 @@ def test_l1_hit(benchmark, clean_valkey: World) -> None:
             view = await get(users[i & 63], NAME)
         return view
 
-    before = snapshot(cache)
-    measure(benchmark, world, "ours.l1_hit", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    before = stats_snapshot(cache)
+    measure(benchmark, bench, "ours.l1_hit", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
+    delta = stats_change(before, cache.stats, *_COUNTERS)
     benchmark.extra_info["stats"] = delta
     assert delta["l1_misses"] == 0 and delta["l1_hits"] > 0
 
 
 @pytest.mark.parametrize("memo", [1024, 0], ids=["memo", "no-memo"])
-def test_l2_hit(benchmark, clean_valkey: World, memo: int) -> None:
+def test_l2_hit(benchmark, clean_valkey: BenchSession, memo: int) -> None:
     """A Valkey hit: L1 off (``local_maxsize=0``); with the parse memo on (the
     default: the same envelope bytes are not parsed twice) and off (every hit
     parses and validates the view)."""
-    world = clean_valkey
-    users = world.hot_users
-    world.run(warm_valkey(world, users, [NAME]))
-    cache = world.cache(local_maxsize=0, parse_memo_size=memo)
-    repo = world.repo(cache)
+    bench = clean_valkey
+    users = bench.hot_users
+    bench.run(warm_valkey(bench, users, [NAME]))
+    cache = bench.cache(local_maxsize=0, parse_memo_size=memo)
+    repo = bench.repo(cache)
     for uid in users:  # learn the users' domains and the generations
-        world.run(repo.app_config(uid, NAME))
+        bench.run(repo.app_config(uid, NAME))
     get = repo.app_config
 
     async def body():
@@ -79,62 +78,43 @@ def test_l2_hit(benchmark, clean_valkey: World, memo: int) -> None:
             view = await get(users[i & 63], NAME)
         return view
 
-    before = snapshot(cache)
+    before = stats_snapshot(cache)
     key = "ours.l2_hit" if memo else "ours.l2_hit_no_memo"
-    measure(benchmark, world, key, body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    measure(benchmark, bench, key, body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
+    delta = stats_change(before, cache.stats, *_COUNTERS)
 
     async def prepare(r):
         await r.app_config(users[0], NAME)
 
     benchmark.extra_info["stats"] = delta
-    benchmark.extra_info["trips"] = world.run(
-        count_trips(world, lambda r: r.app_config(users[0], NAME), prepare=prepare, local_maxsize=0)
+    benchmark.extra_info["trips"] = bench.run(
+        count_trips(bench, lambda r: r.app_config(users[0], NAME), prepare=prepare, local_maxsize=0)
     )
     assert delta["db_loads"] == 0 and delta["l2_misses"] == 0 and delta["l2_hits"] > 0
 
 
-def test_miss_returning_user(benchmark, clean_valkey: World) -> None:
+def test_miss_returning_user(benchmark, clean_valkey: BenchSession) -> None:
     """Both tiers cold for the key, for a user this process and Valkey have seen before
     (the state after the user's own write, or after the envelope's TTL): the user scope
     is invalidated before each round, untimed."""
-    world = clean_valkey
-    cache = world.cache()
-    repo = world.repo(cache)
-    pool = world.work_users
+    bench = clean_valkey
+    cache = bench.cache()
+    repo = bench.repo(cache)
+    pool = bench.work_users
     rounds = scaled(benchmark, 30, 1)
     used = pool[: (rounds + 1) * N_SQL]
-    world.run(warm_valkey(world, used, [NAME]))  # envelopes in Valkey
+    bench.run(warm_valkey(bench, used, [NAME]))  # envelopes in Valkey
     for uid in used:  # and in this process: L1 entries, known domains
-        world.run(repo.app_config(uid, NAME))
-    cycle = itertools.cycle(range(0, len(used), N_SQL))
-    batch: list = []
-
-    def setup():
-        start = next(cycle)
-        batch[:] = used[start : start + N_SQL]
-
-        async def invalidate():
-            for uid in batch:
-                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-
-        world.run(invalidate())
-
-    get = repo.app_config
+        bench.run(repo.app_config(uid, NAME))
+    batch, setup = cold_batches(bench, cache, used, N_SQL)
 
     latencies: list[float] = []
+    body = timed_reads(repo.app_config, batch, latencies, cache)
 
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
-        await drain(cache)  # the Valkey fills run in the background: count them in
-
-    before = snapshot(cache)
-    measure(benchmark, world, "ours.miss_returning", body, ops=N_SQL, rounds=rounds, setup=setup)
+    before = stats_snapshot(cache)
+    measure(benchmark, bench, "ours.miss_returning", body, ops=N_SQL, rounds=rounds, setup=setup)
     record_latency(benchmark, latencies)
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
+    delta = stats_change(before, cache.stats, *_COUNTERS)
     uid = pool[-1]
 
     async def prepare(r):
@@ -143,39 +123,31 @@ def test_miss_returning_user(benchmark, clean_valkey: World) -> None:
         await r.cache_source.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
 
     benchmark.extra_info["stats"] = delta
-    benchmark.extra_info["trips"] = world.run(
-        count_trips(world, lambda r: r.app_config(uid, NAME), prepare=prepare)
+    benchmark.extra_info["trips"] = bench.run(
+        count_trips(bench, lambda r: r.app_config(uid, NAME), prepare=prepare)
     )
     assert delta["l1_hits"] == 0 and delta["l2_hits"] == 0
     assert delta["db_loads"] == delta["l1_misses"] > 0
 
 
-def test_miss_new_user(benchmark, clean_valkey: World) -> None:
+def test_miss_new_user(benchmark, clean_valkey: BenchSession) -> None:
     """Both tiers cold, for a user never read before (the first login after a deploy)."""
-    world = clean_valkey
-    cache = world.cache()
-    repo = world.repo(cache)
-    world.run(repo.app_config(world.hot_users[0], NAME))  # generations exist, as in production
+    bench = clean_valkey
+    cache = bench.cache()
+    repo = bench.repo(cache)
+    bench.run(repo.app_config(bench.hot_users[0], NAME))  # generations exist, as in production
     batch: list = []
 
     def setup():
-        batch[:] = world.fresh_users(N_SQL)
-
-    get = repo.app_config
+        batch[:] = bench.fresh_users(N_SQL)
 
     latencies: list[float] = []
+    body = timed_reads(repo.app_config, batch, latencies, cache)
 
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
-        await drain(cache)  # the Valkey fills run in the background: count them in
-
-    before = snapshot(cache)
+    before = stats_snapshot(cache)
     measure(
         benchmark,
-        world,
+        bench,
         "ours.miss_new_user",
         body,
         ops=N_SQL,
@@ -183,48 +155,41 @@ def test_miss_new_user(benchmark, clean_valkey: World) -> None:
         setup=setup,
     )
     record_latency(benchmark, latencies)
-    delta = stats_delta(before, cache.stats, *_COUNTERS)
-    (uid,) = world.fresh_users(1)
+    delta = stats_change(before, cache.stats, *_COUNTERS)
+    (uid,) = bench.fresh_users(1)
 
     async def prepare(r):
-        await r.app_config(world.hot_users[0], NAME)
+        await r.app_config(bench.hot_users[0], NAME)
 
     benchmark.extra_info["stats"] = delta
-    benchmark.extra_info["trips"] = world.run(
-        count_trips(world, lambda r: r.app_config(uid, NAME), prepare=prepare)
+    benchmark.extra_info["trips"] = bench.run(
+        count_trips(bench, lambda r: r.app_config(uid, NAME), prepare=prepare)
     )
     assert delta["l1_hits"] == 0 and delta["l2_hits"] == 0
     assert delta["db_loads"] == delta["l1_misses"] > 0
 
 
-def test_db_only(benchmark, world: World) -> None:
+def test_db_only(benchmark, bench: BenchSession) -> None:
     """The DB-only repository (``cache_source=None``): one SQL statement per read."""
-    repo = world.repo(None)
-    users = world.hot_users
-    get = repo.app_config
-
+    repo = bench.repo(None)
+    users = bench.hot_users
     latencies: list[float] = []
+    body = timed_reads(repo.app_config, users[:N_SQL], latencies)
 
-    async def body():
-        for i in range(N_SQL):
-            started = perf_counter()
-            await get(users[i & 63], NAME)
-            latencies.append(perf_counter() - started)
-
-    measure(benchmark, world, "ours.db_only", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1))
+    measure(benchmark, bench, "ours.db_only", body, ops=N_SQL, rounds=scaled(benchmark, 40, 1))
     record_latency(benchmark, latencies)
 
 
 # -- the legacy shape ---------------------------------------------------------------------
 
 
-def test_legacy_hit(benchmark, clean_valkey: World) -> None:
+def test_legacy_hit(benchmark, clean_valkey: BenchSession) -> None:
     """Legacy cache-aside hit: one GET, JSON decode and validation, no L1."""
-    world = clean_valkey
-    repo = LegacyRepository(world.engine, LegacyAppConfigCacheSource(world.client))
-    users = world.hot_users
+    bench = clean_valkey
+    repo = LegacyRepository(bench.engine, LegacyAppConfigCacheSource(bench.client))
+    users = bench.hot_users
     for uid in users:
-        world.run(repo.app_config(uid, NAME))
+        bench.run(repo.app_config(uid, NAME))
     loads = repo.db_loads
     get = repo.app_config
 
@@ -234,50 +199,41 @@ def test_legacy_hit(benchmark, clean_valkey: World) -> None:
             view = await get(users[i & 63], NAME)
         return view
 
-    measure(benchmark, world, "legacy.hit", body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
+    measure(benchmark, bench, "legacy.hit", body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
     assert repo.db_loads == loads
-    benchmark.extra_info["trips"] = world.run(_legacy_trips(world, miss=False))
+    benchmark.extra_info["trips"] = bench.run(_legacy_trips(bench, miss=False))
 
 
-async def _legacy_trips(world: World, *, miss: bool) -> dict:
-    counting = CountingValkey(world.client)
-    repo = LegacyRepository(world.engine, LegacyAppConfigCacheSource(counting))
-    uid = world.work_users[-2]
+async def _legacy_trips(bench: BenchSession, *, miss: bool) -> dict:
+    counting = CountingValkey(bench.client)
+    repo = LegacyRepository(bench.engine, LegacyAppConfigCacheSource(counting))
+    uid = bench.work_users[-2]
     await repo.app_config(uid, NAME)
     if miss:
-        await world.client.delete(legacy_key(uid, NAME))
-    counting.round_trips = 0
-    counter = SqlCounter()
-    with counter.watching(world.engine):
-        await repo.app_config(uid, NAME)
-    return {"valkey_round_trips": counting.round_trips, "sql_statements": counter.statements}
+        await bench.client.delete(legacy_key(uid, NAME))
+    trips = await trips_of(bench, counting, lambda: repo.app_config(uid, NAME))
+    return {key: trips[key] for key in ("valkey_round_trips", "sql_statements")}
 
 
-def test_legacy_miss(benchmark, clean_valkey: World) -> None:
+def test_legacy_miss(benchmark, clean_valkey: BenchSession) -> None:
     """Legacy miss: GET (nil), the SQL, then SET EX (+ SADD) in one pipeline."""
-    world = clean_valkey
-    repo = LegacyRepository(world.engine, LegacyAppConfigCacheSource(world.client))
-    pool = world.work_users
+    bench = clean_valkey
+    repo = LegacyRepository(bench.engine, LegacyAppConfigCacheSource(bench.client))
+    pool = bench.work_users
     cycle = itertools.cycle(range(0, len(pool) - N_SQL, N_SQL))
     batch: list = []
 
     def setup():
         start = next(cycle)
         batch[:] = pool[start : start + N_SQL]
-        world.run(world.client.delete(*[legacy_key(uid, NAME) for uid in batch]))
+        bench.run(bench.client.delete(*[legacy_key(uid, NAME) for uid in batch]))
 
-    get = repo.app_config
     latencies: list[float] = []
-
-    async def body():
-        for uid in batch:
-            started = perf_counter()
-            await get(uid, NAME)
-            latencies.append(perf_counter() - started)
+    body = timed_reads(repo.app_config, batch, latencies)
 
     loads = repo.db_loads
     rounds = scaled(benchmark, 30, 1)
-    measure(benchmark, world, "legacy.miss", body, ops=N_SQL, rounds=rounds, setup=setup)
+    measure(benchmark, bench, "legacy.miss", body, ops=N_SQL, rounds=rounds, setup=setup)
     record_latency(benchmark, latencies)
-    benchmark.extra_info["trips"] = world.run(_legacy_trips(world, miss=True))
+    benchmark.extra_info["trips"] = bench.run(_legacy_trips(bench, miss=True))
     assert repo.db_loads - loads == N_SQL * (rounds + (0 if benchmark.disabled else 1))

@@ -9,39 +9,39 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.support.sql import count_sql
 
 from .legacy import LegacyAppConfigCacheSource, LegacyRepository
-from .support import NAME, SqlCounter, World, drain, measure, scaled
+from .support import NAME, BenchSession, drain, measure, scaled
 
 pytestmark = pytest.mark.benchmark(group="stampede")
 
 CONCURRENCY = 1000
 
 
-def _stampede(benchmark, world: World, key: str, make_get, rounds: int) -> None:
+def _stampede(benchmark, bench: BenchSession, key: str, make_get, rounds: int) -> None:
     """``make_get()`` -> (an ``app_config``-like function, a db-load counter, the cache)."""
     state: dict = {}
 
     def setup():
-        (uid,) = world.fresh_users(1)
+        (uid,) = bench.fresh_users(1)
         get, loads, cache = make_get()
         state.update(uid=uid, get=get, loads=loads, cache=cache)
 
-    counter = SqlCounter()
     per_round: list[dict] = []
 
     async def body():
         uid, get = state["uid"], state["get"]
-        before = counter.statements
+        before = sql.count
         views = await asyncio.gather(*(get(uid, NAME) for _ in range(CONCURRENCY)))
         await drain(state["cache"])
         assert all(v == views[0] for v in views)
-        per_round.append({"db_queries": counter.statements - before, "db_loads": state["loads"]()})
+        per_round.append({"db_queries": sql.count - before, "db_loads": state["loads"]()})
 
-    with counter.watching(world.engine):
+    with count_sql(bench.engine) as sql:
         measure(
             benchmark,
-            world,
+            bench,
             key,
             body,
             ops=1,
@@ -55,42 +55,42 @@ def _stampede(benchmark, world: World, key: str, make_get, rounds: int) -> None:
     benchmark.extra_info["rounds_detail"] = per_round
 
 
-def test_stampede_l1_valkey(benchmark, clean_valkey: World) -> None:
-    world = clean_valkey
+def _ours(bench: BenchSession, **cache_kwargs):
+    """``make_get`` for our read path: a new cache source each round, its own load count."""
 
     def make_get():
-        cache = world.cache()
+        cache = bench.cache(**cache_kwargs)
         start = cache.stats.db_loads
-        return world.repo(cache).app_config, lambda: cache.stats.db_loads - start, cache
+        return bench.repo(cache).app_config, lambda: cache.stats.db_loads - start, cache
 
-    _stampede(benchmark, world, "stampede.l1_valkey", make_get, scaled(benchmark, 5, 1))
+    return make_get
+
+
+def test_stampede_l1_valkey(benchmark, clean_valkey: BenchSession) -> None:
+    bench = clean_valkey
+    _stampede(benchmark, bench, "stampede.l1_valkey", _ours(bench), scaled(benchmark, 5, 1))
     assert benchmark.extra_info["db_loads"] == 1
 
 
-def test_stampede_valkey_only(benchmark, clean_valkey: World) -> None:
-    world = clean_valkey
-
-    def make_get():
-        cache = world.cache(local_maxsize=0)
-        start = cache.stats.db_loads
-        return world.repo(cache).app_config, lambda: cache.stats.db_loads - start, cache
-
-    _stampede(benchmark, world, "stampede.valkey_only", make_get, scaled(benchmark, 5, 1))
+def test_stampede_valkey_only(benchmark, clean_valkey: BenchSession) -> None:
+    bench = clean_valkey
+    make_get = _ours(bench, local_maxsize=0)
+    _stampede(benchmark, bench, "stampede.valkey_only", make_get, scaled(benchmark, 5, 1))
     assert benchmark.extra_info["db_loads"] == 1
 
 
-def test_stampede_legacy(benchmark, clean_valkey: World) -> None:
-    world = clean_valkey
+def test_stampede_legacy(benchmark, clean_valkey: BenchSession) -> None:
+    bench = clean_valkey
 
     def make_get():
-        repo = LegacyRepository(world.engine, LegacyAppConfigCacheSource(world.client))
+        repo = LegacyRepository(bench.engine, LegacyAppConfigCacheSource(bench.client))
         return repo.app_config, lambda: repo.db_loads, None
 
-    _stampede(benchmark, world, "stampede.legacy", make_get, scaled(benchmark, 3, 1))
+    _stampede(benchmark, bench, "stampede.legacy", make_get, scaled(benchmark, 3, 1))
 
 
-def test_stampede_db_only(benchmark, world: World) -> None:
+def test_stampede_db_only(benchmark, bench: BenchSession) -> None:
     def make_get():
-        return world.repo(None).app_config, lambda: CONCURRENCY, None
+        return bench.repo(None).app_config, lambda: CONCURRENCY, None
 
-    _stampede(benchmark, world, "stampede.db_only", make_get, scaled(benchmark, 3, 1))
+    _stampede(benchmark, bench, "stampede.db_only", make_get, scaled(benchmark, 3, 1))

@@ -16,21 +16,11 @@ import itertools
 import random
 
 import pytest
+from tests.support.stats import stats_change, stats_snapshot
 
 from appconfig_cache import MyFragmentInput
 
-from .support import (
-    NAME,
-    NAMES,
-    World,
-    drain,
-    measure,
-    scaled,
-    snapshot,
-    stats_delta,
-    user_config,
-    warm_valkey,
-)
+from .support import NAME, NAMES, BenchSession, drain, measure, scaled, user_config, warm_valkey
 
 pytestmark = pytest.mark.benchmark(group="throughput")
 
@@ -39,8 +29,8 @@ ZIPF_S = 1.1
 WRITE_SHARE = 0.01
 
 
-def _requests(world: World, count: int, seed: int) -> list[tuple[object, bool]]:
-    users = world.work_users
+def _requests(bench: BenchSession, count: int, seed: int) -> list[tuple[object, bool]]:
+    users = bench.work_users
     rng = random.Random(seed)
     weights = [1.0 / (rank + 1) ** ZIPF_S for rank in range(len(users))]
     cum = list(itertools.accumulate(weights))
@@ -68,17 +58,17 @@ async def _serve(repo, requests: list[tuple[object, bool]], counter: dict) -> No
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def _throughput(benchmark, world: World, key: str, cache_kwargs: dict | None) -> None:
+def _throughput(benchmark, bench: BenchSession, key: str, cache_kwargs: dict | None) -> None:
     count = scaled(benchmark, 3000, 200)
     rounds = scaled(benchmark, 3, 1)
-    world.flush_valkey()
+    bench.flush_valkey()
     if cache_kwargs is not None:
         # Steady state: at these rates every user of the population comes back well within
         # the envelope TTL (600 s), so Valkey holds every user's envelopes.
-        warm = world.work_users[: scaled(benchmark, len(world.work_users), 50)]
-        world.run(warm_valkey(world, warm, NAMES))
-    cache = None if cache_kwargs is None else world.cache(**cache_kwargs)
-    repo = world.repo(cache)
+        warm = bench.work_users[: scaled(benchmark, len(bench.work_users), 50)]
+        bench.run(warm_valkey(bench, warm, NAMES))
+    cache = None if cache_kwargs is None else bench.cache(**cache_kwargs)
+    repo = bench.repo(cache)
     counter = {"requests": 0, "writes": 0, "n": 0}
     seeds = itertools.count(1)
     current: list = []
@@ -86,20 +76,20 @@ def _throughput(benchmark, world: World, key: str, cache_kwargs: dict | None) ->
     def setup():
         # Untimed warm-up with another draw of the same distribution (this process's L1,
         # generations and user domains), then the timed draw.
-        warmup = _requests(world, count // 3, 1000 + next(seeds))
-        world.run(_serve(repo, warmup, dict(counter)))
-        world.run(drain(cache))
-        current[:] = _requests(world, count, 1)
+        warmup = _requests(bench, count // 3, 1000 + next(seeds))
+        bench.run(_serve(repo, warmup, dict(counter)))
+        bench.run(drain(cache))
+        current[:] = _requests(bench, count, 1)
         counter.update(requests=0, writes=0)
 
     async def body():
         await _serve(repo, current, counter)
         await drain(cache)
 
-    before = snapshot(cache) if cache is not None else None
+    before = stats_snapshot(cache) if cache is not None else None
     measure(
         benchmark,
-        world,
+        bench,
         key,
         body,
         ops=count,
@@ -108,12 +98,12 @@ def _throughput(benchmark, world: World, key: str, cache_kwargs: dict | None) ->
         setup=setup,
         concurrency=CONCURRENCY,
         zipf_s=ZIPF_S,
-        users=len(world.work_users),
+        users=len(bench.work_users),
         write_share=WRITE_SHARE,
     )
     benchmark.extra_info["writes_last_round"] = counter["writes"]
     if cache is not None:
-        benchmark.extra_info["stats"] = stats_delta(
+        benchmark.extra_info["stats"] = stats_change(
             before,
             cache.stats,
             "l1_hits",
@@ -128,13 +118,13 @@ def _throughput(benchmark, world: World, key: str, cache_kwargs: dict | None) ->
     assert counter["requests"] == count
 
 
-def test_throughput_db_only(benchmark, world: World) -> None:
-    _throughput(benchmark, world, "throughput.db_only", None)
+def test_throughput_db_only(benchmark, bench: BenchSession) -> None:
+    _throughput(benchmark, bench, "throughput.db_only", None)
 
 
-def test_throughput_valkey_only(benchmark, world: World) -> None:
-    _throughput(benchmark, world, "throughput.valkey_only", {"local_maxsize": 0})
+def test_throughput_valkey_only(benchmark, bench: BenchSession) -> None:
+    _throughput(benchmark, bench, "throughput.valkey_only", {"local_maxsize": 0})
 
 
-def test_throughput_l1_valkey(benchmark, world: World) -> None:
-    _throughput(benchmark, world, "throughput.l1_valkey", {})
+def test_throughput_l1_valkey(benchmark, bench: BenchSession) -> None:
+    _throughput(benchmark, bench, "throughput.l1_valkey", {})

@@ -23,11 +23,11 @@ from appconfig_cache.embedded import (
     embedded_postgres,
     to_asyncpg_url,
 )
+from tests.support.data import TABLES, truncate_tables
+from tests.support.valkey import direct_client
 
 VALKEY_URL_ENV = "APPCONFIG_CACHE_VALKEY_URL"
 DATABASE_URL_ENV = "APPCONFIG_CACHE_DATABASE_URL"
-
-TABLES = ("users", "app_config_policies", "app_config_fragments")
 
 
 # -- Valkey -----------------------------------------------------------------------------
@@ -40,14 +40,15 @@ def _session_embedded_valkey() -> Iterator[EmbeddedValkey]:
         yield server
 
 
+def _external_or_embedded(request: pytest.FixtureRequest, env: str, embedded: str) -> str:
+    """``$env`` if set, else the URL of the session's embedded server (started now if need be)."""
+    return os.environ.get(env) or request.getfixturevalue(embedded).url
+
+
 @pytest.fixture(scope="session")
 def valkey_url(request: pytest.FixtureRequest) -> str:
     """``$APPCONFIG_CACHE_VALKEY_URL`` or the session's embedded Valkey."""
-    external = os.environ.get(VALKEY_URL_ENV)
-    if external:
-        return external
-    server: EmbeddedValkey = request.getfixturevalue("_session_embedded_valkey")
-    return server.url
+    return _external_or_embedded(request, VALKEY_URL_ENV, "_session_embedded_valkey")
 
 
 @pytest.fixture
@@ -78,9 +79,7 @@ async def valkey_client(valkey_url: str) -> AsyncIterator[valkey_asyncio.Valkey]
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def _flush_valkey(valkey_url: str) -> None:
-    client = valkey_asyncio.Valkey.from_url(
-        valkey_url, socket_timeout=5.0, socket_connect_timeout=5.0
-    )
+    client = direct_client(valkey_url, timeout=5.0)
     try:
         await client.flushdb()
     finally:
@@ -119,8 +118,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def _truncate_tables(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    await truncate_tables(engine)
 
 
 # -- clean state ------------------------------------------------------------------------
@@ -155,11 +153,7 @@ def _session_embedded_cluster() -> Iterator[EmbeddedValkeyCluster]:
 @pytest.fixture(scope="session")
 def valkey_cluster_url(request: pytest.FixtureRequest) -> str:
     """``$APPCONFIG_CACHE_VALKEY_CLUSTER_URL`` or node 0 of the session's embedded cluster."""
-    external = os.environ.get(CLUSTER_URL_ENV)
-    if external:
-        return external
-    cluster: EmbeddedValkeyCluster = request.getfixturevalue("_session_embedded_cluster")
-    return cluster.url
+    return _external_or_embedded(request, CLUSTER_URL_ENV, "_session_embedded_cluster")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

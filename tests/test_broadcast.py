@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
@@ -12,28 +14,13 @@ from appconfig_cache import (
     CacheSettingsError,
     MyFragmentInput,
 )
-from helpers import add_policy, add_user
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _wait_for(predicate, what: str, attempts: int = 500) -> None:
-    """Bounded polling on a condition (yields to the loop; never a fixed sleep)."""
-    for _ in range(attempts):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user
+from tests.support.polling import wait_for
 
 
 async def _pair(engine, valkey_client, *, broadcast: bool):
-    clock_a, clock_b = Clock(), Clock()
+    clock_a, clock_b = FakeClock(), FakeClock()
     a = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_a)
     b = AppConfigFragmentCacheSource(valkey_client, broadcast=broadcast, timer=clock_b)
     await a.start()
@@ -46,31 +33,41 @@ async def _pair(engine, valkey_client, *, broadcast: bool):
     )
 
 
-async def test_broadcast_drops_other_instances_l1_at_once(engine, valkey_client) -> None:
+@pytest_asyncio.fixture(loop_scope="session")
+async def broadcasting(engine: Any, valkey_client: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """A user of d1, a "theme" policy, and two started cache sources A and B with the
+    broadcast on: ``(uid, repo_a, repo_b, a, b)``; both closed at the end."""
     await add_policy(engine, "theme")
     uid = await add_user(engine, domain="d1")
     repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
     try:
-        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == 0
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == 1  # B now serves from its own L1
-
-        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
-        # No clock moves: only the broadcast can make B drop its L1 entry.
-        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
-        assert b.stats.broadcast == "up"
+        yield uid, repo_a, repo_b, a, b
     finally:
         await a.aclose()
         await b.aclose()
 
 
+async def test_broadcast_drops_other_instances_l1_at_once(broadcasting: Any) -> None:
+    uid, repo_a, repo_b, _a, b = broadcasting
+    await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == 0
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == 1  # B now serves from its own L1
+
+    await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
+    # No clock moves: only the broadcast can make B drop its L1 entry.
+    await wait_for(
+        lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+    )
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
+    assert b.stats.broadcast == "up"
+
+
 async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valkey_client) -> None:
     await add_policy(engine, "theme")
     uid = await add_user(engine, domain="d1")
-    clock_b = Clock()
+    clock_b = FakeClock()
     a = AppConfigFragmentCacheSource(valkey_client)
     b = AppConfigFragmentCacheSource(valkey_client, local_ttl=2.0, timer=clock_b)
     repo_a, repo_b = AppConfigFragmentRepository(engine, a), AppConfigFragmentRepository(engine, b)
@@ -79,34 +76,38 @@ async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valk
     await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 2})])
     assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}  # inside the window
     assert b.stats.broadcast == "off"
-    clock_b.now += 2.0
+    clock_b.advance(2.0)
     assert (await repo_b.app_config(uid, "theme")).config == {"c": 2}
     await a.aclose()
     await b.aclose()
 
 
-async def test_lost_subscription_falls_back_to_local_ttl(engine, valkey_client) -> None:
-    await add_policy(engine, "theme")
-    uid = await add_user(engine, domain="d1")
-    repo_a, repo_b, a, b = await _pair(engine, valkey_client, broadcast=True)
-    try:
-        await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        assert killed >= 2
-        await _wait_for(lambda: b.stats.broadcast != "up", "B to notice the lost subscription")
-        # B neither clears nor bypasses L1: it still answers from L1.
-        hits = b.stats.l1_hits
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-        assert b.stats.l1_hits == hits + 1
-        # The subscription comes back by itself, and then works again.
-        await _wait_for(lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up", "resub")
-        await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
-        await _wait_for(lambda: b.stats.broadcast_received >= 1, "B to receive the bump")
-        assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
-    finally:
-        await a.aclose()
-        await b.aclose()
+async def test_lost_subscription_falls_back_to_local_ttl(
+    broadcasting: Any, valkey_client: Any
+) -> None:
+    uid, repo_a, repo_b, a, b = broadcasting
+    await repo_a.bulk_create_my(uid, [MyFragmentInput(name="theme", config={"c": 1})])
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    killed = await valkey_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    assert killed >= 2
+    await wait_for(
+        lambda: b.stats.broadcast != "up", what="B to notice the lost subscription", timeout=5.0
+    )
+    # B neither clears nor bypasses L1: it still answers from L1.
+    hits = b.stats.l1_hits
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
+    assert b.stats.l1_hits == hits + 1
+    # The subscription comes back by itself, and then works again.
+    await wait_for(
+        lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up",
+        what="resub",
+        timeout=5.0,
+    )
+    await repo_a.bulk_update_my(uid, [MyFragmentInput(name="theme", config={"c": 3})])
+    await wait_for(
+        lambda: b.stats.broadcast_received >= 1, what="B to receive the bump", timeout=5.0
+    )
+    assert (await repo_b.app_config(uid, "theme")).config == {"c": 3}
 
 
 async def test_wait_replicas_is_refused_on_a_standalone_without_replicas(

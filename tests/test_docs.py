@@ -137,16 +137,22 @@ def test_every_runnable_block_compiles() -> None:
         compile_block(block)  # a SyntaxError names the file and line
 
 
-def test_extract_finds_marked_blocks_only(tmp_path: Path) -> None:
+def _doc(tmp_path: Path, text: str) -> Path:
+    """A ``doc.rst`` holding ``text``."""
     doc = tmp_path / "doc.rst"
-    doc.write_text(
+    doc.write_text(text, encoding="utf-8")
+    return doc
+
+
+def test_extract_finds_marked_blocks_only(tmp_path: Path) -> None:
+    doc = _doc(
+        tmp_path,
         "Title\n=====\n\n"
         ".. code-block:: python\n\n    not_marked()\n\n"
         ".. runnable\n\n"
         ".. code-block:: python\n   :caption: options are skipped\n\n"
         "    x = 1\n\n    assert x == 1\n\n"
         "After the block.\n",
-        encoding="utf-8",
     )
     (block,) = extract(doc)
     assert block.source == "x = 1\n\nassert x == 1\n"
@@ -154,29 +160,26 @@ def test_extract_finds_marked_blocks_only(tmp_path: Path) -> None:
 
 
 def test_extract_finds_indented_blocks(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.rst"
-    doc.write_text(
+    doc = _doc(
+        tmp_path,
         "Term\n    A definition.\n\n    .. runnable\n\n    .. code-block:: python\n\n"
         "        y = 2\n\n    Back in the definition.\n",
-        encoding="utf-8",
     )
     (block,) = extract(doc)
     assert block.source == "y = 2\n"
 
 
 def test_a_marker_without_a_python_block_is_an_error(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.rst"
-    doc.write_text(".. runnable\n\n.. code-block:: text\n\n    hello\n", encoding="utf-8")
+    doc = _doc(tmp_path, ".. runnable\n\n.. code-block:: text\n\n    hello\n")
     with pytest.raises(MarkerError):
         extract(doc)
 
 
 async def test_a_failing_block_fails(tmp_path: Path) -> None:
-    doc = tmp_path / "doc.rst"
-    doc.write_text(
+    doc = _doc(
+        tmp_path,
         ".. runnable\n\n.. code-block:: python\n\n"
         "    import asyncio\n\n    await asyncio.sleep(0)\n    assert engine == 'e'\n",
-        encoding="utf-8",
     )
     (block,) = extract(doc)
     await run_block(block, {"engine": "e"})

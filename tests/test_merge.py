@@ -20,22 +20,16 @@ from appconfig_cache import (
     AppConfigScopeType,
 )
 from appconfig_cache.merge import deep_merge
-from helpers import (
-    ALL_SCOPES,
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    add_policy,
-    add_user,
+from tests.support.data import add_policy, add_user
+from tests.support.fragments import (
     domain_defaults_fragment,
     domain_fragment,
     fragment_input,
     my_fragment,
     public_fragment,
-    scope_id_of,
     user_fragment,
 )
+from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER, scope_id_of
 
 NAME = "theme"
 HOME = "d1"  # the domain every case's domain fragments are stored at

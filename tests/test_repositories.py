@@ -21,27 +21,21 @@ from appconfig_cache import (
     TooManyItemsError,
 )
 from appconfig_cache.repositories.app_config_fragment.repository import MAX_BATCH_NAMES
-from helpers import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    add_policy,
-    add_user,
-    count_statements,
+from tests.support.data import add_policy, add_user, fragment_rows, table_snapshot
+from tests.support.fragments import (
     domain_defaults_fragment,
     domain_fragment,
     fragment_input,
     fragment_key,
-    fragment_rows,
     my_fragment,
     public_fragment,
     raw_fragment_input,
     raw_fragment_key,
     raw_my_fragment,
-    table_snapshot,
     user_fragment,
 )
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
+from tests.support.sql import count_sql
 
 
 @pytest.fixture
@@ -172,7 +166,7 @@ async def test_bulk_my_on_empty_list(
     engine: AsyncEngine, repo: AppConfigFragmentRepository
 ) -> None:
     uid = await add_user(engine)
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         assert (await repo.bulk_create_my(uid, [])).successes == []
         assert (await repo.bulk_update_my(uid, [])).failures == []
         assert (await repo.admin_bulk_purge([])).successes == []
@@ -474,7 +468,7 @@ async def test_app_config_issues_exactly_one_statement(
     uid = await _read_fixture(engine, repo)
     await repo.app_config(uid, "doc0")  # warm-up: the pool and the dialect's setup queries
 
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         view = await repo.app_config(uid, "doc1")
     assert log.count == 1, log.statements
     assert "app_config_fragments" in log.statements[0]
@@ -483,14 +477,14 @@ async def test_app_config_issues_exactly_one_statement(
     assert view.config == {"n": 1, "s": "domain", "dud": True, "u": [1]}
     assert len(view.fragments) == 4
 
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         views = await repo.app_configs(uid, [f"doc{n}" for n in range(5)])
     assert log.count == 1, log.statements
     assert [v.config["n"] for v in views if v.config] == [0, 1, 2, 3, 4]
     assert all(len(v.fragments) == 4 for v in views)
 
     # a user without a users row and a name without a policy: still one statement
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         await repo.app_config(uuid.uuid4(), "nopolicy")
     assert log.count == 1, log.statements
 
@@ -501,7 +495,7 @@ async def test_the_statement_counter_sees_every_statement(
     # the counter is the proof above: it must count more than one when there is more
     uid = await _read_fixture(engine, repo)
     await repo.app_config(uid, "doc0")
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         await repo.app_config(uid, "doc0")
         await repo.app_config(uid, "doc1")
         await repo.my_app_configs(uid)  # the policy names, then the views
@@ -515,7 +509,7 @@ async def test_app_configs_keeps_input_order_and_answers_duplicates(
     names = ["doc3", "nopolicy", "doc0", "doc3", "doc4", "doc0"]
     await repo.app_config(uid, "doc0")
 
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         views = await repo.app_configs(uid, names)
     assert log.count == 1
 
@@ -529,7 +523,7 @@ async def test_app_configs_keeps_input_order_and_answers_duplicates(
 async def test_app_configs_bounds(engine: AsyncEngine, repo: AppConfigFragmentRepository) -> None:
     uid = await add_user(engine)
     await repo.app_config(uid, "warm")
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         assert await repo.app_configs(uid, []) == []
         with pytest.raises(TooManyItemsError):
             await repo.app_configs(uid, [f"n{i}" for i in range(MAX_BATCH_NAMES + 1)])

@@ -35,22 +35,16 @@ from appconfig_cache.validation import (
     validate_scope_sources,
     validate_user_id,
 )
-from helpers import (
-    DOMAIN,
-    DOMAIN_USER_DEFAULTS,
-    PUBLIC,
-    USER,
-    add_policy,
-    add_user,
-    count_statements,
+from tests.support.data import add_policy, add_user, fragment_rows, table_snapshot
+from tests.support.fragments import (
     fragment_input,
-    fragment_rows,
     raw_fragment_input,
     raw_fragment_key,
     raw_my_fragment,
-    table_snapshot,
     user_fragment,
 )
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
+from tests.support.sql import count_sql
 
 UID = uuid.UUID("3b0c5a8e-0d4f-4e8a-9d6a-6b1e2f3a4c5d")
 
@@ -71,7 +65,7 @@ async def nothing_written(engine: AsyncEngine) -> AsyncIterator[Any]:
     await repo.admin_bulk_create([user_fragment(UID, "theme", {"seed": 1})])
     await repo.app_config(UID, "theme")  # warm the pool
     before = await table_snapshot(engine)
-    with count_statements(engine) as log:
+    with count_sql(engine) as log:
         yield log
     assert log.count == 0, log.statements
     assert await table_snapshot(engine) == before

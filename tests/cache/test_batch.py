@@ -20,37 +20,34 @@ from appconfig_cache import (
 )
 from appconfig_cache.models import policies as policies_table
 from appconfig_cache.repositories.app_config_fragment.repository import MAX_BATCH_NAMES
+from tests.support.fragments import fragment_input, fragment_key
+from tests.support.scopes import ALL_SCOPES, DOMAIN, PUBLIC, USER
+from tests.support.sql import count_sql
+from tests.support.valkey import commandstats, commandstats_delta
 
 from .conftest import (
-    ALL_SCOPES,
-    DOMAIN,
     LOCAL_TTL,
-    PUBLIC,
-    USER,
+    FourUsers,
+    PausedLoader,
+    Seeded,
     Tiers,
-    World,
-    commandstats,
-    count_sql,
-    finput,
-    fkey,
     hang_guard,
-    make_world,
+    park_read,
+    seed_four_users,
     standalone_shape_only,
-    stats_delta,
 )
-from .test_behaviour import PausedLoader
 
 DOCS = [f"doc{i}" for i in range(8)]
 
 
-async def eight_documents(t: Tiers, w: World) -> None:
+async def eight_documents(t: Tiers, w: FourUsers) -> None:
     """Eight policies, each with a fragment u1 sees, plus "theme" and "menu" of the world."""
     setup = AppConfigPolicyRepository(t.engine)
     for name in DOCS:
         await setup.create(name, ALL_SCOPES)
-    items = [finput(PUBLIC, "public", name, {"i": i}) for i, name in enumerate(DOCS[:4])]
-    items += [finput(DOMAIN, "d1", name, {"i": i}) for i, name in enumerate(DOCS[4:6], 4)]
-    items += [finput(USER, str(w.u1), name, {"i": i}) for i, name in enumerate(DOCS[6:], 6)]
+    items = [fragment_input(PUBLIC, "public", name, {"i": i}) for i, name in enumerate(DOCS[:4])]
+    items += [fragment_input(DOMAIN, "d1", name, {"i": i}) for i, name in enumerate(DOCS[4:6], 4)]
+    items += [fragment_input(USER, str(w.u1), name, {"i": i}) for i, name in enumerate(DOCS[6:], 6)]
     result = await t.db.admin_bulk_create(items)
     assert not result.failures
 
@@ -72,7 +69,7 @@ async def eight_documents(t: Tiers, w: World) -> None:
 )
 async def test_batch_equals_the_per_name_reads(tiers: Tiers, names: list[str]) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     for _round in range(3):  # cold, then from whatever the tiers now hold
         for uid in w.users:
             got = await t.repo.app_configs(uid, names)
@@ -88,7 +85,7 @@ async def test_batch_equals_the_per_name_reads(tiers: Tiers, names: list[str]) -
 
 async def test_duplicates_are_loaded_once(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     loader = PausedLoader(t.repo, pause=0)
     views = await t.repo.app_configs(w.u1, ["theme", "menu", "theme", "menu", "theme"])
     assert [v.name for v in views] == ["theme", "menu", "theme", "menu", "theme"]
@@ -101,7 +98,7 @@ async def test_duplicates_are_loaded_once(tiers: Tiers) -> None:
 
 async def test_batch_accepts_any_sequence(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     expected = [await t.db.app_config(w.u1, n) for n in ("theme", "menu")]
     assert await t.repo.app_configs(w.u1, ("theme", "menu")) == expected
     assert await t.repo.app_configs(str(w.u1), ["theme", "menu"]) == expected  # type: ignore[arg-type]
@@ -112,9 +109,8 @@ async def test_batch_accepts_any_sequence(tiers: Tiers) -> None:
 # -- partial L1 and partial L2 hits ---------------------------------------------------------
 
 
-async def test_partial_l1_and_partial_l2_hits(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_partial_l1_and_partial_l2_hits(seeded: Seeded) -> None:
+    t, w = seeded
     await eight_documents(t, w)
     # Valkey gets envelopes of doc0..doc5 from another instance
     filler, filler_cache, _fc, _filler_clock = t.make_repo()
@@ -130,7 +126,7 @@ async def test_partial_l1_and_partial_l2_hits(cached: Tiers) -> None:
     before = t.cache.stats.as_dict()
     loader = PausedLoader(t.repo, pause=0)
     t.client.reset()
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         views = await t.repo.app_configs(w.u1, DOCS)
         await t.cache.drain()
     after = t.cache.stats.as_dict()
@@ -159,7 +155,7 @@ async def test_partial_l1_and_partial_l2_hits(cached: Tiers) -> None:
 async def _bootstrap(t: Tiers, uid: UUID) -> tuple[list[AppConfigData], int, int]:
     if t.client is not None:
         t.client.reset()
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         views = await t.repo.my_app_configs(uid)
         if t.cache is not None:
             await t.cache.drain()
@@ -168,7 +164,7 @@ async def _bootstrap(t: Tiers, uid: UUID) -> tuple[list[AppConfigData], int, int
 
 async def test_bootstrap_returns_every_document_the_user_has(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await eight_documents(t, w)
     await AppConfigPolicyRepository(t.engine).create("blank", ALL_SCOPES)
     for _ in range(3):
@@ -193,7 +189,7 @@ async def test_bootstrap_returns_every_document_the_user_has(tiers: Tiers) -> No
 async def test_bootstrap_counts(tiers: Tiers) -> None:
     """Exactly 8 policies, 8 documents."""
     t = tiers
-    w = await make_world(t, fragments=False)
+    w = await seed_four_users(t, fragments=False)
     setup = AppConfigPolicyRepository(t.engine)
     await setup.purge("theme")
     await setup.purge("menu")
@@ -233,7 +229,7 @@ async def test_bootstrap_counts(tiers: Tiers) -> None:
         assert [c.names for c in t.client.calls] == [["mget"]]  # type: ignore[union-attr]
     # another instance, Valkey warm: names, lookup, then the domain generation
     repo, cache, client, _clock = t.make_repo(local_maxsize=4096 if t.l1 else 0)
-    with count_sql(t.engine) as sql_counter:
+    with count_sql(t.engine, library_only=True) as sql_counter:
         assert await repo.my_app_configs(w.u1) == views
         await cache.drain()
     print(
@@ -253,7 +249,7 @@ async def test_bootstrap_counts(tiers: Tiers) -> None:
 async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
     """I2 for the cached list of policy names: create and purge through this process."""
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     for _ in range(2):
         await t.repo.my_app_configs(w.u1)
         if t.cache is not None:
@@ -261,7 +257,7 @@ async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
     await t.policies.create("fresh", [USER])
     await t.repo.bulk_create_my(w.u1, [MyFragmentInput(name="fresh", config={"x": 1})])
     assert "fresh" in [v.name for v in await t.repo.my_app_configs(w.u1)]
-    await t.repo.admin_bulk_purge([fkey(USER, str(w.u1), "fresh")])
+    await t.repo.admin_bulk_purge([fragment_key(USER, str(w.u1), "fresh")])
     assert "fresh" not in [v.name for v in await t.repo.my_app_configs(w.u1)]
     await t.policies.purge("fresh")
     assert "fresh" not in [v.name for v in await t.repo.my_app_configs(w.u1)]
@@ -272,7 +268,7 @@ async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
     else:
         other, other_policies = t.db, AppConfigPolicyRepository(t.engine)
     await other_policies.create("elsewhere", [PUBLIC])
-    await other.admin_bulk_create([finput(PUBLIC, "public", "elsewhere", {"x": 1})])
+    await other.admin_bulk_create([fragment_input(PUBLIC, "public", "elsewhere", {"x": 1})])
     t.clock.advance(LOCAL_TTL)
     assert "elsewhere" in [v.name for v in await t.repo.my_app_configs(w.u1)]
     if t.cache is not None:
@@ -282,7 +278,7 @@ async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
 async def test_bootstrap_with_many_policies(tiers: Tiers) -> None:
     """Every document, also past MAX_BATCH_NAMES policies."""
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     count = MAX_BATCH_NAMES + 4
     names = [f"z{i:04d}" for i in range(count)]
     async with t.engine.begin() as conn:
@@ -290,7 +286,9 @@ async def test_bootstrap_with_many_policies(tiers: Tiers) -> None:
             sa.insert(policies_table),
             [{"config_name": n, "scope_sources": ["public"]} for n in names],
         )
-    await t.db.admin_bulk_create([finput(PUBLIC, "public", n, {"n": n}) for n in names[-3:]])
+    await t.db.admin_bulk_create(
+        [fragment_input(PUBLIC, "public", n, {"n": n}) for n in names[-3:]]
+    )
     got = [v.name for v in await t.repo.my_app_configs(w.u1)]
     assert {"theme", "menu"} <= set(got)
     if t.cache is not None:
@@ -315,11 +313,11 @@ BAD_BATCHES: list[Any] = [
 @pytest.mark.parametrize("names", BAD_BATCHES, ids=lambda n: repr(n)[:24])
 async def test_invalid_names_fail_the_whole_call_before_io(tiers: Tiers, names: Any) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     if t.client is not None:
         t.client.reset()
     before = await commandstats(t.valkey)
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         with pytest.raises(InvalidConfigNameError):
             await t.repo.app_configs(w.u1, names)
         with pytest.raises(AppConfigValidationError):
@@ -327,22 +325,22 @@ async def test_invalid_names_fail_the_whole_call_before_io(tiers: Tiers, names: 
         with pytest.raises(InvalidUserIdError):
             await t.repo.app_configs("nobody", ["theme"])  # type: ignore[arg-type]
     assert sql.count == 0
-    assert stats_delta(before, await commandstats(t.valkey)) == {}
+    assert commandstats_delta(before, await commandstats(t.valkey)) == {}
     if t.client is not None:
         assert t.client.calls == []
 
 
 async def test_batch_bound(tiers: Tiers) -> None:
     t = tiers
-    w = await make_world(t)
+    w = await seed_four_users(t)
     before = await commandstats(t.valkey)
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         with pytest.raises(TooManyItemsError):
             await t.repo.app_configs(w.u1, ["theme"] * (MAX_BATCH_NAMES + 1))
         with pytest.raises(TooManyItemsError):
             await t.repo.app_configs(w.u1, [f"n{i}" for i in range(MAX_BATCH_NAMES + 1)])
     assert sql.count == 0
-    assert stats_delta(before, await commandstats(t.valkey)) == {}
+    assert commandstats_delta(before, await commandstats(t.valkey)) == {}
     at_bound = [f"n{i}" for i in range(MAX_BATCH_NAMES - 1)] + ["theme"]
     views = await t.repo.app_configs(w.u1, at_bound)
     assert len(views) == MAX_BATCH_NAMES
@@ -355,13 +353,12 @@ async def test_batch_bound(tiers: Tiers) -> None:
 
 
 @hang_guard
-async def test_concurrent_cold_batches_load_once(cached: Tiers) -> None:
-    t = cached
+async def test_concurrent_cold_batches_load_once(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await eight_documents(t, w)
     await t.db.app_config(w.u2, "theme")  # warm the pool
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         results = await asyncio.gather(*(t.repo.app_configs(w.u1, DOCS) for _ in range(100)))
     truth = await t.db.app_configs(w.u1, DOCS)
     assert all(r == truth for r in results)
@@ -372,13 +369,10 @@ async def test_concurrent_cold_batches_load_once(cached: Tiers) -> None:
 
 
 @hang_guard
-async def test_batch_joins_a_single_read_flight_and_loads_the_rest(cached: Tiers) -> None:
-    t = cached
+async def test_batch_joins_a_single_read_flight_and_loads_the_rest(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
-    loader = PausedLoader(t.repo)
-    single = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()
+    loader, single = await park_read(t, t.repo.app_config(w.u1, "theme"))
     batch = asyncio.create_task(t.repo.app_configs(w.u1, ["menu", "theme"]))
     await asyncio.sleep(0)
     while len(loader.calls) < 2:  # the batch's own load (of "menu" only) has started
@@ -393,14 +387,11 @@ async def test_batch_joins_a_single_read_flight_and_loads_the_rest(cached: Tiers
 
 
 @hang_guard
-async def test_batch_after_invalidation_does_not_join_older_flights(cached: Tiers) -> None:
-    t = cached
+async def test_batch_after_invalidation_does_not_join_older_flights(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
-    loader = PausedLoader(t.repo)
-    old_batch = asyncio.create_task(t.repo.app_configs(w.u1, ["theme", "menu"]))
-    await loader.read_done.wait()
-    await t.repo.admin_bulk_update([finput(USER, str(w.u1), "theme", {"v": "new"})])
+    loader, old_batch = await park_read(t, t.repo.app_configs(w.u1, ["theme", "menu"]))
+    await t.repo.admin_bulk_update([fragment_input(USER, str(w.u1), "theme", {"v": "new"})])
     new = await t.repo.app_configs(w.u1, ["menu", "theme"])
     assert new == [await t.db.app_config(w.u1, n) for n in ("menu", "theme")]
     assert new[1].config["v"] == "new"

@@ -1,7 +1,7 @@
 """I3 (no stale set, made deterministic) and I4 (bounded staleness across instances).
 
 Every race here is forced with events, never with sleeps: a reader is parked between
-its DB read and its fill (a wrapper around ``repo._db.load_views``) or around its Valkey
+its DB read and its fill (a wrapper around the DB source's ``load_views``) or around its Valkey
 round trip (a gate in the counting client), the write runs to completion, then the
 reader goes on.
 """
@@ -23,66 +23,63 @@ from appconfig_cache import (
     AppConfigPolicyRepository,
     MyFragmentInput,
 )
+from tests.support.envelopes import servable_envelope
+from tests.support.fragments import fragment_input
+from tests.support.internals import clear_l1
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
+from tests.support.valkey import Call, PauseAt
 
 from .conftest import (
-    DOMAIN,
-    DUD,
     LOCAL_TTL,
-    PUBLIC,
-    USER,
-    Call,
-    PauseAt,
+    FourUsers,
+    Seeded,
     Tiers,
-    World,
-    build_tiers,
-    close_tiers,
     expect,
-    finput,
     hang_guard,
-    make_world,
-    servable_envelope,
+    open_tiers,
+    park_read,
+    seed_four_users,
 )
-from .test_behaviour import PausedLoader
 
 Write = Callable[
-    [Tiers, World, AppConfigFragmentRepository, AppConfigPolicyRepository], Awaitable[Any]
+    [Tiers, FourUsers, AppConfigFragmentRepository, AppConfigPolicyRepository], Awaitable[Any]
 ]
 
 
-async def _write_user(t: Tiers, w: World, repo: Any, policies: Any) -> None:
+async def _write_user(t: Tiers, w: FourUsers, repo: Any, policies: Any) -> None:
     result = await repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"v": 2})])
     assert not result.failures
 
 
 def _write_admin(scope: Any, scope_id: str) -> Write:
-    async def write(t: Tiers, w: World, repo: Any, policies: Any) -> None:
-        result = await repo.admin_bulk_update([finput(scope, scope_id, "theme", {"v": 2})])
+    async def write(t: Tiers, w: FourUsers, repo: Any, policies: Any) -> None:
+        result = await repo.admin_bulk_update([fragment_input(scope, scope_id, "theme", {"v": 2})])
         assert not result.failures
 
     return write
 
 
-async def _write_policy(t: Tiers, w: World, repo: Any, policies: Any) -> None:
+async def _write_policy(t: Tiers, w: FourUsers, repo: Any, policies: Any) -> None:
     await policies.update("theme", [USER, PUBLIC])
 
 
 WRITES: dict[str, Write] = {
     "user": _write_user,
     "domain": _write_admin(DOMAIN, "d1"),
-    "domain_user_defaults": _write_admin(DUD, "d1"),
+    "domain_user_defaults": _write_admin(DOMAIN_USER_DEFAULTS, "d1"),
     "public": _write_admin(PUBLIC, "public"),
     "policy": _write_policy,
 }
 
 
-async def _learn_domain(t: Tiers, w: World) -> None:
+async def _learn_domain(t: Tiers, w: FourUsers) -> None:
     """A first read: the instance learns u1's domain and Valkey gets ``user_domain``."""
     assert t.cache is not None
     await t.repo.app_config(w.u1, "theme")
     await t.cache.drain()
 
 
-async def _fill_envelope(t: Tiers, w: World) -> None:
+async def _fill_envelope(t: Tiers, w: FourUsers) -> None:
     """Leave a valid envelope of (u1, theme) in Valkey and nothing in t's L1."""
     assert t.cache is not None
     await _learn_domain(t, w)
@@ -90,12 +87,11 @@ async def _fill_envelope(t: Tiers, w: World) -> None:
     await t.repo.app_config(w.u1, "theme")
     await t.cache.drain()
     t.clock.advance(LOCAL_TTL)  # L1 and the generation cache have expired
-    if t.cache._local._entries is not None:
-        t.cache._local._entries.clear()  # expired entries wait for a renewal: drop them
+    clear_l1(t.cache)  # expired entries wait for a renewal: drop them
     assert await servable_envelope(t.valkey, w.u1, "theme", "d1") is not None
 
 
-async def _assert_nobody_serves(t: Tiers, w: World, old: AppConfigData, *others: Any) -> None:
+async def _assert_nobody_serves(t: Tiers, w: FourUsers, old: AppConfigData, *others: Any) -> None:
     """After the race: this instance, the given other instances and Valkey are all fresh."""
     assert t.cache is not None
     truth = await t.db.app_config(w.u1, "theme")
@@ -125,10 +121,9 @@ async def _assert_nobody_serves(t: Tiers, w: World, old: AppConfigData, *others:
 
 @pytest.mark.parametrize("write", list(WRITES))
 @hang_guard
-async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> None:
-    t = cached
+async def test_stale_set_between_db_read_and_fill(seeded: Seeded, write: str) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)  # the parked reader will go to Valkey, miss, and to the DB
     # B: another instance that already holds the generations, and u2's view in L1
@@ -137,9 +132,8 @@ async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> 
     await b_repo.app_config(w.u2, "theme")
     await b_cache.drain()
 
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.app_config(w.u1, "theme"))
-    await loader.read_done.wait()  # the reader has the old value, not yet stored anywhere
+    # the reader has the old value, not yet stored anywhere
+    loader, reader = await park_read(t, t.repo.app_config(w.u1, "theme"))
     loader.restore()
     await WRITES[write](t, w, t.repo, t.policies)  # the write and its invalidation complete
     loader.resume.set()
@@ -156,15 +150,12 @@ async def test_stale_set_between_db_read_and_fill(cached: Tiers, write: str) -> 
 
 @pytest.mark.parametrize("write", ["user", "domain", "public", "policy"])
 @hang_guard
-async def test_stale_set_of_a_batch(cached: Tiers, write: str) -> None:
-    t = cached
+async def test_stale_set_of_a_batch(seeded: Seeded, write: str) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.app_configs(w.u1, ["menu", "theme"]))
-    await loader.read_done.wait()
+    loader, reader = await park_read(t, t.repo.app_configs(w.u1, ["menu", "theme"]))
     assert loader.calls == [["menu", "theme"]]
     loader.restore()
     await WRITES[write](t, w, t.repo, t.policies)
@@ -176,15 +167,12 @@ async def test_stale_set_of_a_batch(cached: Tiers, write: str) -> None:
 
 
 @hang_guard
-async def test_stale_set_with_my_app_configs(cached: Tiers) -> None:
-    t = cached
+async def test_stale_set_with_my_app_configs(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _learn_domain(t, w)
     t.clock.advance(LOCAL_TTL)
-    loader = PausedLoader(t.repo)
-    reader = asyncio.create_task(t.repo.my_app_configs(w.u1))
-    await loader.read_done.wait()
+    loader, reader = await park_read(t, t.repo.my_app_configs(w.u1))
     loader.restore()
     await _write_user(t, w, t.repo, t.policies)
     loader.resume.set()
@@ -208,12 +196,11 @@ def _lookup_of(uid: UUID) -> Callable[[Call], bool]:
 @pytest.mark.parametrize("write", list(WRITES))
 @pytest.mark.parametrize("gate", ["before", "after"])
 @hang_guard
-async def test_stale_set_during_the_mget(cached: Tiers, write: str, gate: str) -> None:
+async def test_stale_set_during_the_mget(seeded: Seeded, write: str, gate: str) -> None:
     """``before``: parked before its MGET is sent; ``after``: the reply (read before the
     write) is in hand but not yet looked at. A valid old envelope is in Valkey."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
     await _fill_envelope(t, w)
     pause = PauseAt(_lookup_of(w.u1))
     setattr(t.client, gate, pause)
@@ -257,10 +244,9 @@ async def test_read_during_the_invalidation_round_trip(
     for a pooled connection; ``after``: applied by Valkey, reply not yet processed). A
     read in the same process runs meanwhile. Once the write returns, I2 says every read
     reflects it."""
-    t = await build_tiers(mode, engine, valkey_client)
-    try:
+    async with open_tiers(mode, engine, valkey_client) as t:
         assert t.cache is not None and t.client is not None
-        w = await make_world(t)
+        w = await seed_four_users(t)
         await _fill_envelope(t, w)
         await t.repo.app_config(w.u1, "theme")  # warm L1 and the generation cache
         if gens == "due":
@@ -281,8 +267,6 @@ async def test_read_during_the_invalidation_round_trip(
         expect(after == truth, f"[{mode}] the write returned, then the old value was served")
         await t.cache.drain()
         expect(await t.repo.app_config(w.u1, "theme") == truth, "old value served again")
-    finally:
-        await close_tiers(t)
 
 
 # -- I4: two instances with separate L1s over one Valkey -------------------------------------
@@ -291,11 +275,10 @@ async def test_read_during_the_invalidation_round_trip(
 @pytest.mark.parametrize("write", list(WRITES))
 @pytest.mark.parametrize("reader_l1", [True, False], ids=["B-l1", "B-valkey"])
 async def test_other_instance_sees_a_write_within_local_ttl(
-    cached: Tiers, write: str, reader_l1: bool
+    seeded: Seeded, write: str, reader_l1: bool
 ) -> None:
-    t = cached  # A: the writer
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     b_repo, b_cache, _b_client, b_clock = t.make_repo(local_maxsize=4096 if reader_l1 else 0)
     # B reads until it serves (u1, theme) from its own tiers
     for _ in range(3):
@@ -331,12 +314,11 @@ async def test_other_instance_sees_a_write_within_local_ttl(
     print(f"\n[{t.mode} writer, B {'l1' if reader_l1 else 'valkey'}, {write}] B served {served}")
 
 
-async def test_other_instance_bound_counts_from_its_oldest_generation(cached: Tiers) -> None:
+async def test_other_instance_bound_counts_from_its_oldest_generation(seeded: Seeded) -> None:
     """B's L1 entry made from an L2 hit expires local_ttl after the oldest generation it
     was checked against, not local_ttl after the hit."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _fill_envelope(t, w)
     b_repo, b_cache, _b_client, b_clock = t.make_repo()
     await b_repo.app_config(w.u2, "theme")  # B fetches the generations at t=1000

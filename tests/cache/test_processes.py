@@ -23,8 +23,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import AppConfigFragmentRepository, AppConfigPolicyRepository
-
-from .conftest import DOMAIN, PUBLIC, USER, add_users, finput
+from tests.support.data import add_users
+from tests.support.fragments import fragment_input
+from tests.support.scopes import DOMAIN, PUBLIC, USER
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
@@ -68,7 +69,7 @@ async def test_staleness_across_processes_is_bounded_by_local_ttl(
     await add_users(engine, {uid: "dp"})
     await AppConfigPolicyRepository(engine).create("theme", [PUBLIC, DOMAIN, USER])
     await AppConfigFragmentRepository(engine).admin_bulk_create(
-        [finput(DOMAIN, "dp", "theme", {"v": 0})]
+        [fragment_input(DOMAIN, "dp", "theme", {"v": 0})]
     )
     env = {
         **os.environ,

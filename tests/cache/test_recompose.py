@@ -13,21 +13,19 @@ from uuid import UUID, uuid4
 import pytest
 
 from appconfig_cache import AppConfigPolicyRepository, MyFragmentInput
+from tests.support.data import add_users
+from tests.support.fragments import fragment_input
+from tests.support.internals import clear_l1
+from tests.support.scopes import DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
+from tests.support.sql import SqlStatements, count_sql
 
 from .conftest import (
-    DOMAIN,
-    DUD,
     LOCAL_TTL,
-    PUBLIC,
-    USER,
-    SqlCounter,
+    FourUsers,
+    Seeded,
     Tiers,
-    World,
-    add_users,
-    count_sql,
-    finput,
-    make_world,
     rebuilt,
+    seed_four_users,
 )
 
 NAMES = ["theme", "menu"]
@@ -46,10 +44,10 @@ async def _warm(t: Tiers, users: list[UUID]) -> None:
             assert await t.valkey.exists(f"app_config:merged:{{{uid}}}:{name}")
 
 
-async def _read_all(t: Tiers, users: list[UUID]) -> SqlCounter:
+async def _read_all(t: Tiers, users: list[UUID]) -> SqlStatements:
     assert t.cache is not None
     want = {uid: await _truth(t, uid) for uid in users}
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         got = {uid: await t.repo.app_configs(uid, NAMES) for uid in users}
         await t.cache.drain()
     assert got == want
@@ -61,14 +59,13 @@ async def _truth(t: Tiers, uid: UUID) -> list[object]:
 
 
 async def _admin(t: Tiers, scope: object, scope_id: str, name: str, config: dict) -> None:
-    result = await t.repo.admin_bulk_update([finput(scope, scope_id, name, config)])  # type: ignore[arg-type]
+    result = await t.repo.admin_bulk_update([fragment_input(scope, scope_id, name, config)])  # type: ignore[arg-type]
     assert not result.failures
 
 
-async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> None:
-    t = cached
+async def test_a_public_change_costs_one_query_for_every_user(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     users = [w.u1, w.u2, w.u3, w.u4]
     await _warm(t, users)
     await _admin(t, PUBLIC, "public", "theme", {"color": "white"})
@@ -86,11 +83,10 @@ async def test_a_public_change_costs_one_query_for_every_user(cached: Tiers) -> 
     assert sql.count == 0
 
 
-@pytest.mark.parametrize("scope", [DOMAIN, DUD])
-async def test_a_domain_change_is_one_query_for_the_domain(cached: Tiers, scope: object) -> None:
-    t = cached
+@pytest.mark.parametrize("scope", [DOMAIN, DOMAIN_USER_DEFAULTS])
+async def test_a_domain_change_is_one_query_for_the_domain(seeded: Seeded, scope: object) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     more = [uuid4() for _ in range(6)]
     await add_users(t.engine, dict.fromkeys(more, "d1"))
     users = [w.u1, w.u2, w.u3, *more]
@@ -105,12 +101,12 @@ async def test_a_domain_change_is_one_query_for_the_domain(cached: Tiers, scope:
 async def test_concurrent_users_share_one_shared_query(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    await make_world(t)
+    await seed_four_users(t)
     more = [uuid4() for _ in range(30)]
     await add_users(t.engine, dict.fromkeys(more, "d1"))
     await _warm(t, more)
     await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         got = await asyncio.gather(*(t.repo.app_configs(uid, NAMES) for uid in more))
         await t.cache.drain()
     assert sql.count == 1
@@ -118,10 +114,9 @@ async def test_concurrent_users_share_one_shared_query(cached: Tiers) -> None:
         assert views == await _truth(t, uid)
 
 
-async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
-    t = cached
+async def test_a_user_write_is_a_full_load(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _warm(t, [w.u1])
     done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])
     assert not done.failures
@@ -130,23 +125,23 @@ async def test_a_user_write_is_a_full_load(cached: Tiers) -> None:
     assert sql.count == 1
 
 
-async def test_a_policy_change_recomposes_with_the_new_chain(cached: Tiers) -> None:
-    t = cached
+async def test_a_policy_change_recomposes_with_the_new_chain(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _warm(t, [w.u1, w.u2])
-    await t.policies.update("theme", [USER, DUD, PUBLIC])  # the user's fragment now loses
+    await t.policies.update(
+        "theme", [USER, DOMAIN_USER_DEFAULTS, PUBLIC]
+    )  # the user's fragment now loses
     sql = await _read_all(t, [w.u1, w.u2])
     assert rebuilt(t.cache) == 2
     assert sql.count == 1  # u1 reads d1's theme part, u2 finds it in memory; menu: hits
     assert t.cache.stats.shared_loads == 1
 
 
-async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -> None:
+async def test_a_chain_that_gains_the_user_scope_is_a_full_load(seeded: Seeded) -> None:
     """An envelope made without the user scope cannot tell the user's own fragment."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await t.policies.update("theme", [PUBLIC, DOMAIN])  # u1's user fragment drops out
     t.clock.advance(LOCAL_TTL)
     await _warm(t, [w.u1])
@@ -156,10 +151,9 @@ async def test_a_chain_that_gains_the_user_scope_is_a_full_load(cached: Tiers) -
     assert sql.count == 2  # the shared query shows the new chain; then the full load
 
 
-async def test_the_shared_part_is_read_again_after_each_change(cached: Tiers) -> None:
-    t = cached
+async def test_the_shared_part_is_read_again_after_each_change(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _warm(t, [w.u1, w.u2])
     for i in range(3):
         await _admin(t, DOMAIN, "d1", "theme", {"color": f"c{i}"})
@@ -171,7 +165,7 @@ async def test_the_shared_part_is_read_again_after_each_change(cached: Tiers) ->
 async def test_a_removed_policy_is_not_recomposed(cached: Tiers) -> None:
     t = cached
     assert t.cache is not None
-    w: World = await make_world(t, fragments=False)  # a policy in use cannot be purged
+    w: FourUsers = await seed_four_users(t, fragments=False)  # a policy in use cannot be purged
     await _warm(t, [w.u1])
     await AppConfigPolicyRepository(t.engine, cache_source=t.cache).purge("theme")
     sql = await _read_all(t, [w.u1])  # theme is now the empty view of a name without policy
@@ -179,13 +173,12 @@ async def test_a_removed_policy_is_not_recomposed(cached: Tiers) -> None:
     assert sql.count == 2  # the shared query finds no policy; then the full load
 
 
-async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> None:
+async def test_a_public_scope_invalidation_reloads_everything(seeded: Seeded) -> None:
     """``invalidate_for_scope(PUBLIC)`` (``appconfig-cache invalidate --public``) is the
     flush after changing the tables behind the library's back: nothing is recomposed,
     so a user's own fragment changed by SQL shows too."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     await _warm(t, [w.u1, w.u2])
     done = await t.db.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"by": "sql"})])
     assert not done.failures  # through a DB-only repository: no invalidation
@@ -195,19 +188,17 @@ async def test_a_public_scope_invalidation_reloads_everything(cached: Tiers) -> 
     assert sql.count == 2
 
 
-async def test_a_new_user_part_never_meets_an_old_shared_part(cached: Tiers) -> None:
+async def test_a_new_user_part_never_meets_an_old_shared_part(seeded: Seeded) -> None:
     """B holds d1's shared part and generation from before A's domain write; A then
     writes u1's own fragment. B's recomposition must read d1's generation again: its
     cached one would pick its cached d1 part, and with u1's new fragment that makes a
     view that never was."""
-    t = cached
+    t, w = seeded
     assert t.cache is not None
-    w = await make_world(t)
     b_repo, b_cache, _b_client, b_clock = t.make_repo()
 
     async def b_reads() -> object:
-        if b_cache._local._entries is not None:
-            b_cache._local._entries.clear()  # B's L1 may serve the old view (I4): skip it
+        clear_l1(b_cache)  # B's L1 may serve the old view (I4): skip it
         got = await b_repo.app_config(w.u1, "theme")
         await b_cache.drain()
         return got
@@ -252,7 +243,7 @@ async def _in_l1(t: Tiers, users: list[UUID]) -> None:
 async def test_l1_entries_are_recomposed_without_a_lookup(l1: Tiers) -> None:
     t = l1
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     users = [w.u1, w.u2]
     await _in_l1(t, users)
     await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
@@ -272,13 +263,13 @@ async def test_l1_entries_are_recomposed_without_a_lookup(l1: Tiers) -> None:
 async def test_l1_recompositions_confirm_users_in_one_batch(l1: Tiers) -> None:
     t = l1
     assert t.cache is not None and t.client is not None
-    await make_world(t)
+    await seed_four_users(t)
     more = [uuid4() for _ in range(30)]
     await add_users(t.engine, dict.fromkeys(more, "d1"))
     await _in_l1(t, more)
     await _admin(t, DOMAIN, "d1", "theme", {"color": "red"})
     t.client.reset()
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         got = await asyncio.gather(*(t.repo.app_configs(uid, NAMES) for uid in more))
     await t.cache.drain()
     for uid, views in zip(more, got, strict=True):
@@ -298,7 +289,7 @@ async def test_l1_recomposition_sees_another_process_user_write(l1: Tiers) -> No
     u1's generation after the shared query shows the user write: the usual path."""
     t = l1
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await _in_l1(t, [w.u1])
     b_repo, _b_cache, _client, _clock = t.make_repo()
     done = await b_repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"u": 2})])
@@ -314,7 +305,7 @@ async def test_l1_recomposition_sees_another_process_user_write(l1: Tiers) -> No
 async def test_l1_entries_are_not_recomposed_after_user_or_flush(l1: Tiers, write: str) -> None:
     t = l1
     assert t.cache is not None
-    w = await make_world(t)
+    w = await seed_four_users(t)
     await _in_l1(t, [w.u1])
     if write == "user":
         done = await t.repo.bulk_update_my(w.u1, [MyFragmentInput(name="theme", config={"x": 1})])

@@ -12,16 +12,16 @@ from typing import Any
 from uuid import UUID
 
 from appconfig_cache import AppConfigFragmentRepository
+from tests.support.clock import FakeClock
+from tests.support.internals import trip_breaker, valkey_usable
+from tests.support.scopes import DOMAIN
+from tests.support.valkey import CountingValkey, PauseAt
 
 from .conftest import (
-    DOMAIN,
     LOCAL_TTL,
     SUITE_ON_CLUSTER_ENV,
-    CountingValkey,
-    FakeClock,
-    PauseAt,
+    Seeded,
     Tiers,
-    make_world,
 )
 from .test_consistency import _write_admin, _write_user
 
@@ -51,9 +51,8 @@ async def _renewable(
     return repo, cache, client, clock, value
 
 
-async def test_a_hot_entry_is_renewed_without_a_round_trip_of_its_own(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_a_hot_entry_is_renewed_without_a_round_trip_of_its_own(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, client, clock, value = await _renewable(t, w.u1, "theme")
     start = clock.now
     clock.now = start + HALF + 0.1  # a hit in the second half asks for a refresh
@@ -82,9 +81,8 @@ async def test_a_hot_entry_is_renewed_without_a_round_trip_of_its_own(cached: Ti
     assert client.round_trips >= 1
 
 
-async def test_one_refresh_covers_every_due_user(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_one_refresh_covers_every_due_user(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, client, clock = t.make_repo()
     users = [w.u1, w.u2, w.u3]
     for _ in range(2):  # the second pass has the users' domains: renewable entries
@@ -112,9 +110,8 @@ async def test_one_refresh_covers_every_due_user(cached: Tiers) -> None:
     assert client.round_trips == 0  # six entries, three users, zero round trips
 
 
-async def test_a_write_before_the_refresh_stops_the_renewal(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_a_write_before_the_refresh_stops_the_renewal(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "theme")
     start = clock.now
     await _write_user(t, w, t.repo, t.policies)  # A writes u1's own fragment
@@ -130,10 +127,9 @@ async def test_a_write_before_the_refresh_stops_the_renewal(cached: Tiers) -> No
 
 
 async def test_a_write_after_the_refresh_is_seen_local_ttl_after_the_reading(
-    cached: Tiers,
+    seeded: Seeded,
 ) -> None:
-    t = cached
-    w = await make_world(t)
+    t, w = seeded
     repo, cache, _client, clock, old = await _renewable(t, w.u2, "theme")
     start = clock.now
     read_at = start + HALF + 0.1
@@ -149,10 +145,9 @@ async def test_a_write_after_the_refresh_is_seen_local_ttl_after_the_reading(
     assert await repo.app_config(w.u2, "theme") == new
 
 
-async def test_generations_gone_from_valkey_stop_the_renewal(cached: Tiers) -> None:
+async def test_generations_gone_from_valkey_stop_the_renewal(seeded: Seeded) -> None:
     """A Valkey restarted empty (here: flushed) answers no generation: nothing is renewed."""
-    t = cached
-    w = await make_world(t)
+    t, w = seeded
     repo, cache, client, clock, old = await _renewable(t, w.u1, "theme")
     start = clock.now
     await t.valkey.flushall()
@@ -168,9 +163,8 @@ async def test_generations_gone_from_valkey_stop_the_renewal(cached: Tiers) -> N
     assert cache.stats.l1_renewals == renewals
 
 
-async def test_no_entry_outlives_the_envelope_ttl(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_no_entry_outlives_the_envelope_ttl(seeded: Seeded) -> None:
+    t, w = seeded
     ttl = 3
     repo, cache, client, clock, value = await _renewable(t, w.u3, "menu", ttl=ttl)
     start = filled = clock.now  # when B stored the entry it serves
@@ -188,14 +182,13 @@ async def test_no_entry_outlives_the_envelope_ttl(cached: Tiers) -> None:
     assert client.round_trips >= 1
 
 
-async def test_no_renewal_without_valkey(cached: Tiers) -> None:
+async def test_no_renewal_without_valkey(seeded: Seeded) -> None:
     """With the breaker open the refresh does not run and entries expire at local_ttl."""
-    t = cached
-    w = await make_world(t)
+    t, w = seeded
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "menu")
     start = clock.now
-    cache._parts.remote.breaker.trip()  # as after confirmed failures; cools down for 5 s
-    assert not cache._parts.remote.available()
+    trip_breaker(cache)  # as after confirmed failures; cools down for 5 s
+    assert not valkey_usable(cache)
     clock.now = start + HALF + 0.1
     await repo.app_config(w.u1, "menu")
     await cache.drain()
@@ -210,11 +203,10 @@ async def test_no_renewal_without_valkey(cached: Tiers) -> None:
 # -- an entry that expired before its user came back -----------------------------------------
 
 
-async def test_an_expired_entry_is_renewed_by_one_batched_read(cached: Tiers) -> None:
+async def test_an_expired_entry_is_renewed_by_one_batched_read(seeded: Seeded) -> None:
     """No hit in its second half, so no background refresh: when the users come back,
     their expired entries wait for one read of the generations, not a lookup each."""
-    t = cached
-    w = await make_world(t)
+    t, w = seeded
     users = [w.u1, w.u2, w.u3]
     repo, cache, client, clock = t.make_repo()
     for _ in range(2):  # the second pass has the users' domains: renewable entries
@@ -232,9 +224,8 @@ async def test_an_expired_entry_is_renewed_by_one_batched_read(cached: Tiers) ->
     assert cache.stats.l1_renewals == 2 * len(users)
 
 
-async def test_an_expired_entry_whose_user_wrote_is_not_renewed(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_an_expired_entry_whose_user_wrote_is_not_renewed(seeded: Seeded) -> None:
+    t, w = seeded
     repo, cache, _client, clock, old = await _renewable(t, w.u1, "theme")
     await _write_user(t, w, t.repo, t.policies)  # A writes u1's own fragment
     new = await t.db.app_config(w.u1, "theme")
@@ -245,11 +236,10 @@ async def test_an_expired_entry_whose_user_wrote_is_not_renewed(cached: Tiers) -
     assert cache.stats.l1_renewals == renewals
 
 
-async def test_a_local_write_while_the_renewal_waits_is_seen(cached: Tiers) -> None:
+async def test_a_local_write_while_the_renewal_waits_is_seen(seeded: Seeded) -> None:
     """B's read waits for the generation read; B's own domain write lands meanwhile.
     Once the write has returned, B serves the new view (I2), not the renewed old one."""
-    t = cached
-    w = await make_world(t)
+    t, w = seeded
     repo, cache, client, clock, old = await _renewable(t, w.u2, "theme")
     clock.advance(LOCAL_TTL)
     user_gen = f"app_config:gen:user:{{{w.u2}}}"

@@ -12,22 +12,17 @@ from uuid import uuid4
 
 import pytest
 
+from tests.support.data import add_users
+from tests.support.fragments import fragment_input
+from tests.support.scopes import ALL_SCOPES, DOMAIN, DOMAIN_USER_DEFAULTS, PUBLIC, USER
+from tests.support.sql import count_sql
+from tests.support.valkey import commandstats, commandstats_delta, incr_calls
+
 from .conftest import (
-    ALL_SCOPES,
-    DOMAIN,
-    DUD,
     LOCAL_TTL,
-    PUBLIC,
-    USER,
+    Seeded,
     Tiers,
-    add_users,
-    commandstats,
-    count_sql,
-    finput,
-    incr_calls,
-    make_world,
     standalone_shape_only,
-    stats_delta,
 )
 
 
@@ -36,7 +31,7 @@ async def measure(t: Tiers, label: str, action: Any) -> tuple[int, int, list[lis
     assert t.cache is not None and t.client is not None
     await t.cache.drain()
     t.client.reset()
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         await action
         await t.cache.drain()
     shape = [call.names for call in t.client.calls]
@@ -45,9 +40,8 @@ async def measure(t: Tiers, label: str, action: Any) -> tuple[int, int, list[lis
 
 
 @standalone_shape_only
-async def test_read_round_trips(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_read_round_trips(seeded: Seeded) -> None:
+    t, w = seeded
     r = t.repo
     # a process's very first read of a user: lookup, create the generations, fill user_domain
     rt, sql, shape = await measure(t, "first read, nothing anywhere", r.app_config(w.u1, "theme"))
@@ -105,16 +99,15 @@ async def test_read_round_trips(cached: Tiers) -> None:
 
 
 @standalone_shape_only
-async def test_fresh_process_reads_a_warm_envelope(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_fresh_process_reads_a_warm_envelope(seeded: Seeded) -> None:
+    t, w = seeded
     await t.repo.app_config(w.u1, "theme")
     await t.cache.drain()  # type: ignore[union-attr]
     t.clock.advance(LOCAL_TTL)
     await t.repo.app_config(w.u1, "theme")
     await t.cache.drain()  # type: ignore[union-attr]
     repo, cache, client, _clock = t.make_repo(local_maxsize=0 if not t.l1 else 4096)
-    with count_sql(t.engine) as sql:
+    with count_sql(t.engine, library_only=True) as sql:
         view = await repo.app_config(w.u1, "theme")
     shape = [call.names for call in client.calls]
     print(f"\n[{t.mode}] a fresh instance's L2 hit: {client.round_trips} round trips {shape}")
@@ -128,24 +121,23 @@ async def test_fresh_process_reads_a_warm_envelope(cached: Tiers) -> None:
 INVALIDATIONS: dict[str, Any] = {
     "user": lambda c, w: c.invalidate_for_scope(USER, str(w.u1)),
     "domain": lambda c, w: c.invalidate_for_scope(DOMAIN, "d1"),
-    "domain_user_defaults": lambda c, w: c.invalidate_for_scope(DUD, "d1"),
+    "domain_user_defaults": lambda c, w: c.invalidate_for_scope(DOMAIN_USER_DEFAULTS, "d1"),
     "public": lambda c, w: c.invalidate_for_scope(PUBLIC, "public"),
     "policy": lambda c, w: c.invalidate_for_policy("theme"),
 }
 
 
 @pytest.mark.parametrize("kind", list(INVALIDATIONS))
-async def test_each_invalidation_is_one_round_trip(cached: Tiers, kind: str) -> None:
-    t = cached
+async def test_each_invalidation_is_one_round_trip(seeded: Seeded, kind: str) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
     for uid in w.users:  # something cached, so "whatever is cached" means something
         for name in w.names:
             await t.repo.app_config(uid, name)
     await t.cache.drain()
     before = await commandstats(t.valkey)
     rt, sql, shape = await measure(t, f"invalidate {kind}", INVALIDATIONS[kind](t.cache, w))
-    delta = stats_delta(before, await commandstats(t.valkey))
+    delta = commandstats_delta(before, await commandstats(t.valkey))
     bumped = 2 if kind == "policy" else 1  # the name's generation and the policy list's
     assert (rt, sql) == (1, 0)
     assert shape == [["set", "incr"] * bumped]
@@ -153,19 +145,18 @@ async def test_each_invalidation_is_one_round_trip(cached: Tiers, kind: str) -> 
     assert not {"scan", "keys", "del", "unlink", "smembers"} & set(delta)
 
 
-async def test_bulk_write_over_many_scopes_is_one_round_trip(cached: Tiers) -> None:
-    t = cached
+async def test_bulk_write_over_many_scopes_is_one_round_trip(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
     t.client.reset()
     result = await t.repo.admin_bulk_update(
         [
-            finput(PUBLIC, "public", "theme", {"a": 1}),
-            finput(DOMAIN, "d1", "theme", {"a": 2}),
-            finput(DUD, "d1", "theme", {"a": 3}),
-            finput(DOMAIN, "d2", "theme", {"a": 4}),
-            finput(USER, str(w.u1), "theme", {"a": 5}),
-            finput(PUBLIC, "public", "menu", {"a": 6}),
+            fragment_input(PUBLIC, "public", "theme", {"a": 1}),
+            fragment_input(DOMAIN, "d1", "theme", {"a": 2}),
+            fragment_input(DOMAIN_USER_DEFAULTS, "d1", "theme", {"a": 3}),
+            fragment_input(DOMAIN, "d2", "theme", {"a": 4}),
+            fragment_input(USER, str(w.u1), "theme", {"a": 5}),
+            fragment_input(PUBLIC, "public", "menu", {"a": 6}),
         ]
     )
     assert not result.failures
@@ -184,10 +175,9 @@ async def test_bulk_write_over_many_scopes_is_one_round_trip(cached: Tiers) -> N
     )
 
 
-async def test_invalidation_cost_does_not_grow_with_what_is_cached(cached: Tiers) -> None:
-    t = cached
+async def test_invalidation_cost_does_not_grow_with_what_is_cached(seeded: Seeded) -> None:
+    t, w = seeded
     assert t.cache is not None and t.client is not None
-    w = await make_world(t)
     members = {uuid4(): "d1" for _ in range(100)}
     await add_users(t.engine, members)
     for uid in members:
@@ -196,14 +186,13 @@ async def test_invalidation_cost_does_not_grow_with_what_is_cached(cached: Tiers
     before = await commandstats(t.valkey)
     invalidation = t.cache.invalidate_for_scope(PUBLIC, "public")
     rt, _sql, shape = await measure(t, "invalidate public, 200 views cached", invalidation)
-    delta = stats_delta(before, await commandstats(t.valkey))
+    delta = commandstats_delta(before, await commandstats(t.valkey))
     assert rt == 1 and shape == [["set", "incr"]]
     assert incr_calls(delta) == 1 and set(delta) <= {"set", "incr", "incrby"}
 
 
-async def test_policy_change_round_trips(cached: Tiers) -> None:
-    t = cached
-    w = await make_world(t)
+async def test_policy_change_round_trips(seeded: Seeded) -> None:
+    t, w = seeded
     rt, sql, shape = await measure(t, "policy create", t.policies.create("extra", ALL_SCOPES))
     assert (rt, sql) == (1, 1)
     assert shape == [["set", "incr", "set", "incr"]]

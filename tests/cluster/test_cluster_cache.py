@@ -9,7 +9,6 @@ the same scenario on the standalone server must count the same.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -18,7 +17,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 from valkey.asyncio.cluster import ValkeyCluster
 from valkey.crc import key_slot
@@ -29,14 +27,9 @@ from appconfig_cache import (
     AppConfigPolicyRepository,
     AppConfigScopeType,
 )
-from helpers import (
-    ALL_SCOPES,
-    DOMAIN,
-    PUBLIC,
-    TABLES,
-    USER,
-    add_policy,
-    add_user,
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user, truncate_tables
+from tests.support.fragments import (
     domain_defaults_fragment,
     domain_fragment,
     fragment_key,
@@ -44,6 +37,8 @@ from helpers import (
     public_fragment,
     user_fragment,
 )
+from tests.support.scopes import ALL_SCOPES, DOMAIN, PUBLIC, USER
+from tests.support.valkey import Call, Command, CountingValkey
 
 pytestmark = pytest.mark.cluster
 
@@ -53,132 +48,14 @@ DOMAINS = ("d1", "d2", "d3")
 USERS_PER_NODE = 2
 
 
-# -- a clock the tests move -------------------------------------------------------------
-
-
-class Clock:
-    """Monotonic seconds that only move when a test says so (L1 and generation TTLs)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-# -- counting and auditing the client ---------------------------------------------------
-
-#: how to find the keys of each command the cache source may send
-_KEYS_OF: dict[str, Callable[[tuple[Any, ...]], list[Any]]] = {
-    "get": lambda args: [args[0]],
-    "set": lambda args: [args[0]],
-    "incr": lambda args: [args[0]],
-    "mget": lambda args: list(args[0]) if isinstance(args[0], list | tuple) else list(args),
-    "ping": lambda args: [],
-    "info": lambda args: [],  # the server epoch (run_id), read once per local_ttl
-    "wait": lambda args: [],
-    "publish": lambda args: [],
-    "spublish": lambda args: [args[0]],  # the shard channel is hashed like a key
-}
-
-
-#: awaitable client methods that are not commands of the cache's traffic
-_NOT_ROUND_TRIPS = frozenset({"aclose", "close", "initialize"})
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    keys: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Trip:
-    """One round trip as the caller sees it: an awaited command or a pipeline execute."""
-
-    kind: str  # "call" or "pipeline"
-    commands: tuple[Command, ...]
-
-    @property
-    def shape(self) -> tuple[str, tuple[str, ...]]:
-        return self.kind, tuple(command.name for command in self.commands)
-
-
-def _command(name: str, args: tuple[Any, ...]) -> Command:
-    if name == "execute_command":  # a raw command: ("MGET", key, key, ...)
-        name, args = str(args[0]).lower(), args[1:]
-    keys_of = _KEYS_OF.get(name)
-    if keys_of is None:
-        raise AssertionError(f"the cache sent {name!r}: teach _KEYS_OF where its keys are")
-    return Command(name, tuple(keys_of(args)))
-
-
-@dataclass
-class CountingClient:
-    """Wraps a Valkey or ValkeyCluster client; records every round trip the cache makes."""
-
-    client: Any
-    trips: list[Trip] = field(default_factory=list)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.client, name)
-        if name == "pipeline":
-            return lambda *a, **kw: CountingPipeline(self, attr(*a, **kw))
-        if not callable(attr) or name.startswith("_") or name in _NOT_ROUND_TRIPS:
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = attr(*args, **kwargs)
-            if not inspect.isawaitable(result):
-                return result  # keyslot(), get_node_from_key(), pubsub() ...
-            command = _command(name, args)  # an unknown command fails loudly here
-
-            async def run() -> Any:
-                self.trips.append(Trip("call", (command,)))
-                return await result
-
-            return run()
-
-        return call
-
-    def take(self) -> list[Trip]:
-        trips, self.trips = self.trips, []
-        return trips
-
-
-class CountingPipeline:
-    def __init__(self, owner: CountingClient, pipe: Any) -> None:
-        self._owner = owner
-        self._pipe = pipe
-        self._commands: list[Command] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._pipe, name)
-        if name == "execute":
-
-            async def execute(*args: Any, **kwargs: Any) -> Any:
-                self._owner.trips.append(Trip("pipeline", tuple(self._commands)))
-                self._commands = []
-                return await attr(*args, **kwargs)
-
-            return execute
-
-        def buffer(*args: Any, **kwargs: Any) -> CountingPipeline:
-            self._commands.append(_command(name, args))
-            attr(*args, **kwargs)
-            return self
-
-        return buffer
+# -- auditing the client's round trips ------------------------------------------------
 
 
 def _slot(key: Any) -> int:
     return key_slot(key.encode() if isinstance(key, str) else bytes(key))
 
 
-def assert_single_slot(trips: Sequence[Trip]) -> None:
+def assert_single_slot(trips: Sequence[Call]) -> None:
     """I8: no command names keys of two hash slots (a pipeline may span slots)."""
     for trip in trips:
         for command in trip.commands:
@@ -186,7 +63,13 @@ def assert_single_slot(trips: Sequence[Trip]) -> None:
             assert len(slots) <= 1, f"{command.name} spans slots {slots}: {command.keys}"
 
 
-def nodes_touched(client: ValkeyCluster, trip: Trip) -> int:
+def assert_no_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was logged at WARNING or above."""
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, [r.getMessage() for r in warnings]
+
+
+def nodes_touched(client: ValkeyCluster, trip: Call) -> int:
     """How many primaries one round trip fans out to (they are sent in parallel)."""
     ports = set()
     for command in trip.commands:
@@ -201,11 +84,12 @@ def nodes_touched(client: ValkeyCluster, trip: Trip) -> int:
 
 
 @dataclass
-class World:
+class SpreadUsers:
     """Users spread over every primary, in three domains, with fragments at every scope."""
 
     users: list[uuid.UUID]
     domain_of: dict[uuid.UUID, str]
+    db: AppConfigFragmentRepository  # DB only: the truth to compare with
 
 
 def users_on_every_node(client: ValkeyCluster, per_node: int = USERS_PER_NODE) -> list[uuid.UUID]:
@@ -222,7 +106,7 @@ def users_on_every_node(client: ValkeyCluster, per_node: int = USERS_PER_NODE) -
     return [uid for group in zip(*picked.values(), strict=True) for uid in group]
 
 
-async def build_world(engine: AsyncEngine, users: list[uuid.UUID]) -> World:
+async def seed_spread_users(engine: AsyncEngine, users: list[uuid.UUID]) -> SpreadUsers:
     """Policies, users and fragments (through the DB-only repositories)."""
     await add_policy(engine, "theme", ALL_SCOPES)
     await add_policy(engine, "menu", (PUBLIC, USER))
@@ -245,20 +129,15 @@ async def build_world(engine: AsyncEngine, users: list[uuid.UUID]) -> World:
         items.append(user_fragment(uid, "theme", {"color": f"c{index}"}))
     result = await db_repo.admin_bulk_create(items)
     assert not result.failures
-    return World(users=users, domain_of=domain_of)
-
-
-async def reset_tables(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    return SpreadUsers(users=users, domain_of=domain_of, db=db_repo)
 
 
 # -- fixtures ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture(params=[0, 4096], ids=["valkey-only", "l1+valkey"])
@@ -270,9 +149,10 @@ def local_maxsize(request: pytest.FixtureRequest) -> int:
 class Caches:
     """Makes cache sources over one counting client; checks and closes them at the end."""
 
-    client: CountingClient
+    client: CountingValkey
     local_maxsize: int
-    clock: Clock
+    clock: FakeClock
+    caplog: pytest.LogCaptureFixture
     made: list[AppConfigFragmentCacheSource] = field(default_factory=list)
 
     def new(self) -> AppConfigFragmentCacheSource:
@@ -284,7 +164,14 @@ class Caches:
         self.made.append(cache)
         return cache
 
-    async def close_and_check(self, caplog: pytest.LogCaptureFixture) -> None:
+    def new_repo(
+        self, engine: AsyncEngine
+    ) -> tuple[AppConfigFragmentCacheSource, AppConfigFragmentRepository]:
+        """A new cache source and a repository over it (another "process")."""
+        cache = self.new()
+        return cache, AppConfigFragmentRepository(engine, cache_source=cache)
+
+    async def close_and_check(self) -> None:
         for cache in self.made:
             await cache.aclose()
         for cache in self.made:
@@ -294,20 +181,19 @@ class Caches:
             assert stats.valkey_timeouts == 0, stats
             assert stats.envelopes_rejected == 0, stats
             assert stats.pending_bumps == 0, stats
-        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert not warnings, [r.getMessage() for r in warnings]
-        assert_single_slot(self.client.trips)
+        assert_no_warnings(self.caplog)
+        assert_single_slot(self.client.calls)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def caches(
     cluster_client: ValkeyCluster,
     local_maxsize: int,
-    clock: Clock,
+    clock: FakeClock,
     caplog: pytest.LogCaptureFixture,
 ) -> AsyncIterator[Caches]:
     caplog.set_level(logging.WARNING, logger="appconfig_cache")
-    made = Caches(CountingClient(cluster_client), local_maxsize, clock)
+    made = Caches(CountingValkey(cluster_client), local_maxsize, clock, caplog)
     try:
         yield made
     finally:
@@ -316,32 +202,32 @@ async def caches(
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def world(engine: AsyncEngine, cluster_client: ValkeyCluster) -> World:
-    return await build_world(engine, users_on_every_node(cluster_client))
+async def spread(engine: AsyncEngine, cluster_client: ValkeyCluster) -> SpreadUsers:
+    return await seed_spread_users(engine, users_on_every_node(cluster_client))
 
 
-async def assert_matches_db(
-    repo: AppConfigFragmentRepository, db_repo: AppConfigFragmentRepository, world: World
-) -> None:
+async def assert_matches_db(repo: AppConfigFragmentRepository, spread: SpreadUsers) -> None:
     """Every (user, name) view, and the batch reads, equal the DB's (fragments included)."""
-    for uid in world.users:
+    for uid in spread.users:
         for name in NAMES:
-            assert await repo.app_config(uid, name) == await db_repo.app_config(uid, name)
-        assert await repo.app_configs(uid, list(NAMES)) == await db_repo.app_configs(
+            assert await repo.app_config(uid, name) == await spread.db.app_config(uid, name)
+        assert await repo.app_configs(uid, list(NAMES)) == await spread.db.app_configs(
             uid, list(NAMES)
         )
-        assert await repo.my_app_configs(uid) == await db_repo.my_app_configs(uid)
+        assert await repo.my_app_configs(uid) == await spread.db.my_app_configs(uid)
 
 
 # -- the cluster itself -----------------------------------------------------------------
 
 
-async def test_users_spread_over_every_primary(cluster_client: ValkeyCluster, world: World) -> None:
+async def test_users_spread_over_every_primary(
+    cluster_client: ValkeyCluster, spread: SpreadUsers
+) -> None:
     primaries = {node.port for node in cluster_client.get_primaries()}
     assert len(primaries) == 3
     user_nodes = {
         cluster_client.get_node_from_key(f"app_config:merged:{{{uid}}}:theme").port  # type: ignore[union-attr]
-        for uid in world.users
+        for uid in spread.users
     }
     assert user_nodes == primaries
     # the shared generation keys do not all sit on one node either
@@ -355,7 +241,7 @@ async def test_the_audit_catches_a_cross_slot_command(cluster_client: ValkeyClus
     keys = ["app_config:gen:public", "app_config:gen:policies"]
     assert _slot(keys[0]) != _slot(keys[1])
     with pytest.raises(AssertionError, match="spans slots"):
-        assert_single_slot([Trip("call", (_command("mget", (keys,)),))])
+        assert_single_slot([Call("call", (Command("mget", (keys,)),))])
     with pytest.raises(Exception, match=r"same key slot|CROSSSLOT"):
         await cluster_client.mget(keys)
 
@@ -364,84 +250,79 @@ async def test_the_audit_catches_a_cross_slot_command(cluster_client: ValkeyClus
 
 
 async def test_a_cold_read_asks_valkey(
-    engine: AsyncEngine, world: World, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
     """The smallest case: one read with no generation cached goes to Valkey, unrefused."""
-    cache = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=cache)
-    uid = world.users[0]
+    cache, repo = caches.new_repo(engine)
+    uid = spread.users[0]
     assert await repo.app_config(uid, "theme") == await AppConfigFragmentRepository(
         engine
     ).app_config(uid, "theme")
     assert cache.stats.l2_skipped == 0, cache.stats
     assert cache.stats.l2_misses == 1, cache.stats
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 async def test_reads_fill_valkey_and_a_fresh_process_hits_l2(
-    engine: AsyncEngine, world: World, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
-    db_repo = AppConfigFragmentRepository(engine)
-    writer = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=writer)
+    writer, repo = caches.new_repo(engine)
     # Twice: a process that does not know a user's domain yet only records it the
     # first time (I3), and fills the envelopes the second time.
     for _ in range(2):
-        await assert_matches_db(repo, db_repo, world)
+        await assert_matches_db(repo, spread)
         await writer.drain()
         caches.clock.advance(writer.local_ttl + 0.5)
     assert writer.stats.fills > 0
 
-    reader = caches.new()
-    other = AppConfigFragmentRepository(engine, cache_source=reader)
-    await assert_matches_db(other, db_repo, world)
+    reader, other = caches.new_repo(engine)
+    await assert_matches_db(other, spread)
     assert reader.stats.db_loads == 0  # every view, and the policy-name list, came from L2
     assert reader.stats.l2_misses == 0
-    assert reader.stats.l2_hits >= len(world.users) * len(NAMES)
-    await caches.close_and_check(caplog)
+    assert reader.stats.l2_hits >= len(spread.users) * len(NAMES)
+    await caches.close_and_check()
 
 
 async def test_seed_api_get_and_set_on_the_cluster(
-    engine: AsyncEngine, world: World, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
-    db_repo = AppConfigFragmentRepository(engine)
-    cache = caches.new()
-    repo = AppConfigFragmentRepository(engine, cache_source=cache)
-    for uid in world.users:
+    cache, repo = caches.new_repo(engine)
+    for uid in spread.users:
         # A read first: a process stores a view only under a domain it has seen the DB say.
         await repo.app_config(uid, "menu")
-    for uid in world.users:
-        await cache.set_merged_config(uid, "theme", await db_repo.app_config(uid, "theme"))
+    for uid in spread.users:
+        await cache.set_merged_config(uid, "theme", await spread.db.app_config(uid, "theme"))
     await cache.drain()
     caches.clock.advance(cache.local_ttl + 0.5)
     fresh = caches.new()
-    for uid in world.users:
-        assert await fresh.get_merged_config(uid, "theme") == await db_repo.app_config(uid, "theme")
-    assert fresh.stats.l2_hits == len(world.users)
-    await caches.close_and_check(caplog)
+    for uid in spread.users:
+        assert await fresh.get_merged_config(uid, "theme") == await spread.db.app_config(
+            uid, "theme"
+        )
+    assert fresh.stats.l2_hits == len(spread.users)
+    await caches.close_and_check()
 
 
 # -- writes and invalidation ------------------------------------------------------------
 
 
 async def test_every_write_and_invalidation_is_seen(
-    engine: AsyncEngine, world: World, caches: Caches, caplog: pytest.LogCaptureFixture
+    engine: AsyncEngine, spread: SpreadUsers, caches: Caches
 ) -> None:
     """I1/I2 in the writing process, I4 in another one, after every write verb."""
-    db_repo = AppConfigFragmentRepository(engine)
     writer_cache, other_cache = caches.new(), caches.new()
     writer = AppConfigFragmentRepository(engine, cache_source=writer_cache)
     other = AppConfigFragmentRepository(engine, cache_source=other_cache)
     policies = AppConfigPolicyRepository(engine, cache_source=writer_cache)
-    users = world.users
-    d1_user = next(u for u in users if world.domain_of[u] == "d1")
+    users = spread.users
+    d1_user = next(u for u in users if spread.domain_of[u] == "d1")
 
     async def check() -> None:
-        await assert_matches_db(writer, db_repo, world)  # read-your-writes, at once
+        await assert_matches_db(writer, spread)  # read-your-writes, at once
         await writer_cache.drain()
         await other_cache.drain()
         caches.clock.advance(other_cache.local_ttl + 0.5)
-        await assert_matches_db(other, db_repo, world)  # another process, after local_ttl
+        await assert_matches_db(other, spread)  # another process, after local_ttl
         await other_cache.drain()
 
     async def create_my() -> None:
@@ -519,7 +400,7 @@ async def test_every_write_and_invalidation_is_seen(
         await check()
     assert writer_cache.stats.invalidations > 0
     assert other_cache.stats.l2_hits > 0  # the other process was served from Valkey too
-    await caches.close_and_check(caplog)
+    await caches.close_and_check()
 
 
 # -- round trips: cluster == standalone -------------------------------------------------
@@ -529,15 +410,15 @@ Operation = Callable[[], Awaitable[Any]]
 
 async def run_scenario(
     engine: AsyncEngine,
-    client: CountingClient,
+    client: CountingValkey,
     users: list[uuid.UUID],
     local_maxsize: int,
-) -> dict[str, list[Trip]]:
+) -> dict[str, list[Call]]:
     """A fixed sequence of reads and writes; the round trips of each, by name."""
-    clock = Clock()
-    await reset_tables(engine)
-    world = await build_world(engine, users)
-    u, v = world.users[0], world.users[1]
+    clock = FakeClock()
+    await truncate_tables(engine)
+    spread = await seed_spread_users(engine, users)
+    u, v = spread.users[0], spread.users[1]
 
     def make() -> AppConfigFragmentCacheSource:
         return AppConfigFragmentCacheSource(
@@ -584,7 +465,7 @@ async def run_scenario(
         ("invalidate_for_scope public", lambda: cache.invalidate_for_scope(PUBLIC, "public")),
         ("read after public bump", lambda: repo.app_config(v, "theme")),
     ]
-    trips: dict[str, list[Trip]] = {}
+    trips: dict[str, list[Call]] = {}
     client.take()
     try:
         for label, operation in steps:
@@ -601,7 +482,7 @@ async def run_scenario(
     return trips
 
 
-async def _after(clock: Clock, seconds: float, operation: Awaitable[Any]) -> Any:
+async def _after(clock: FakeClock, seconds: float, operation: Awaitable[Any]) -> Any:
     clock.advance(seconds)
     return await operation
 
@@ -616,12 +497,12 @@ async def test_round_trips_equal_standalone(
     """Each operation makes the same round trips, command for command, on both servers."""
     caplog.set_level(logging.WARNING, logger="appconfig_cache")
     users = users_on_every_node(cluster_client, per_node=1)
-    on_cluster = CountingClient(cluster_client)
-    on_standalone = CountingClient(valkey_client)
+    on_cluster = CountingValkey(cluster_client)
+    on_standalone = CountingValkey(valkey_client)
     cluster_trips = await run_scenario(engine, on_cluster, users, local_maxsize)
     standalone_trips = await run_scenario(engine, on_standalone, users, local_maxsize)
 
-    def shapes(trips: dict[str, list[Trip]]) -> dict[str, list[Any]]:
+    def shapes(trips: dict[str, list[Call]]) -> dict[str, list[Any]]:
         """Round trips with the server-epoch read folded in: a standalone server answers
         ``INFO`` inside the pipeline, a cluster in a call to every primary made in
         parallel with it (the same wait, one more connection)."""
@@ -659,5 +540,4 @@ async def test_round_trips_equal_standalone(
     print("round trips per step (nodes per trip on the cluster):")
     for label, trips in cluster_trips.items():
         print(f"  {label}: {len(trips)} {fan_out[label]} {[t.shape for t in trips]}")
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not warnings, [r.getMessage() for r in warnings]
+    assert_no_warnings(caplog)

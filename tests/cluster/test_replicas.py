@@ -15,7 +15,8 @@ command each phase sent. The test's own look-ups use separate, unrecorded client
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,12 @@ from appconfig_cache import (
 )
 from appconfig_cache.embedded import EmbeddedValkeyReplicaPair
 from appconfig_cache.errors import CacheSettingsError
-from appconfig_cache.tiered import keys as K
-from helpers import ALL_SCOPES, add_policy, add_user, domain_fragment, my_fragment, public_fragment
+from appconfig_cache.tiered import keys as cache_keys
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user
+from tests.support.fragments import domain_fragment, my_fragment, public_fragment
+from tests.support.scopes import ALL_SCOPES
+from tests.support.valkey import WireRecorder, direct_client
 
 pytestmark = pytest.mark.cluster
 
@@ -46,61 +51,21 @@ COOLDOWN = 30.0
 BUDGET = 2.0
 
 
-class Clock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Recorder:
-    """Every command a client packed for the wire, as ``(NAME, arg, ...)`` strings."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, ...]] = []
-
-    def reset(self) -> None:
-        self.commands.clear()
-
-    def names(self) -> list[str]:
-        return [command[0] for command in self.commands]
-
-    def of(self, name: str) -> list[tuple[str, ...]]:
-        return [command for command in self.commands if command[0] == name]
+class Recorder(WireRecorder):
+    """The wire recorder, with the ``WAIT`` the invalidation pipeline ends in."""
 
     def waits(self) -> list[tuple[str, ...]]:
         return [command for command in self.of("WAIT") if command[1:] == WAIT_ARGS]
 
-    def client(self, url: str) -> valkey_asyncio.Valkey:
-        recorder = self
 
-        class RecordingConnection(valkey_asyncio.Connection):
-            def pack_command(self, *args: Any) -> Any:
-                recorder.commands.append(tuple(_text(a) for a in args))
-                return super().pack_command(*args)
-
-        # The socket timeout is far above WAIT's: a paused replica must show as WAIT's
-        # answer (0 replicas), never as a broken connection.
-        return valkey_asyncio.Valkey.from_url(
-            url,
-            connection_class=RecordingConnection,
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-        )
-
-
-def _text(arg: Any) -> str:
-    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
-
-
-def _direct(url: str) -> valkey_asyncio.Valkey:
-    return valkey_asyncio.Valkey.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+@contextmanager
+def replica_paused(pair: EmbeddedValkeyReplicaPair) -> Iterator[None]:
+    """The replica stopped (SIGSTOP) for the block, running again after it."""
+    pair.pause_replica()
+    try:
+        yield
+    finally:
+        pair.resume_replica()
 
 
 @dataclass
@@ -109,7 +74,7 @@ class Setup:
     repo: AppConfigFragmentRepository
     db_only: AppConfigFragmentRepository
     recorder: Recorder
-    clock: Clock
+    clock: FakeClock
     uid: uuid.UUID
     engine: AsyncEngine
     primary: valkey_asyncio.Valkey  # unrecorded
@@ -145,8 +110,10 @@ async def make_setup(
             ]
         )
         assert not created.failures
-        recorder, clock = Recorder(), Clock()
-        client = recorder.client(replica_pair.primary_url)
+        recorder, clock = Recorder(), FakeClock()
+        # The socket timeout is far above WAIT's: a paused replica must show as WAIT's
+        # answer (0 replicas), never as a broken connection.
+        client = recorder.client(replica_pair.primary_url, timeout=5.0)
         cache_kwargs = {
             "wait_replicas": 1,
             "wait_timeout": WAIT_TIMEOUT,
@@ -155,7 +122,8 @@ async def make_setup(
             **cache_kwargs,
         }
         cache = AppConfigFragmentCacheSource(client, **cache_kwargs)
-        primary, replica = _direct(replica_pair.primary_url), _direct(replica_pair.replica_url)
+        primary = direct_client(replica_pair.primary_url, timeout=5.0)
+        replica = direct_client(replica_pair.replica_url, timeout=5.0)
         opened.extend([cache, client, primary, replica])
         repo = AppConfigFragmentRepository(engine, cache_source=cache)
         return Setup(cache, repo, db_only, recorder, clock, uid, engine, primary, replica)
@@ -171,7 +139,7 @@ async def test_a_write_returns_after_the_replica_holds_the_bump(make_setup: Any)
     s: Setup = await make_setup(timeout=BUDGET)
     await s.read_checked()  # both tiers warm; the generations exist on the primary
 
-    user_gen = K.user_gen_key(s.uid)
+    user_gen = cache_keys.user_gen_key(s.uid)
     for step in range(3):
         s.recorder.reset()
         before = await s.primary.get(user_gen)
@@ -190,7 +158,7 @@ async def test_a_write_returns_after_the_replica_holds_the_bump(make_setup: Any)
         assert result.successes == [await s.db_only.app_config(s.uid, NAME)]
 
     # An admin write to the domain: the same for the domain's generation.
-    domain_gen = K.domain_gen_key(DOMAIN_NAME)
+    domain_gen = cache_keys.domain_gen_key(DOMAIN_NAME)
     s.recorder.reset()
     await s.update_domain({"color": "green"})
     on_primary = await s.primary.get(domain_gen)
@@ -210,10 +178,9 @@ async def test_an_unacknowledged_bump_stays_pending_until_replayed(
     make_setup: Any, replica_pair: EmbeddedValkeyReplicaPair
 ) -> None:
     s: Setup = await make_setup(timeout=BUDGET)
-    domain_gen = K.domain_gen_key(DOMAIN_NAME)
+    domain_gen = cache_keys.domain_gen_key(DOMAIN_NAME)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         s.recorder.reset()
         await s.update_domain({"color": "red"})
         # The write returned although the replica never acknowledged its bump.
@@ -251,8 +218,6 @@ async def test_an_unacknowledged_bump_stays_pending_until_replayed(
         assert "MGET" not in s.recorder.names()
         assert s.cache.stats.pending_bumps == 1
         assert await s.primary.get(domain_gen) is not None  # the primary has every bump
-    finally:
-        replica_pair.resume_replica()
 
     # The replica is back; within the cool-down nothing is replayed yet.
     s.recorder.reset()
@@ -291,15 +256,12 @@ async def test_a_paused_replica_is_not_a_valkey_failure(
     """WAIT answering 0 replicas leaves the breaker closed and counts no Valkey error."""
     s: Setup = await make_setup(timeout=BUDGET)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         for step in range(3):
             await s.update_domain({"step": step})
             view = await s.read_checked()
             assert view.config == {"color": "grey", "size": 1, "step": step}
             s.clock.advance(COOLDOWN + 1)
-    finally:
-        replica_pair.resume_replica()
     stats = s.cache.stats
     assert stats.pending_bumps == 1
     assert stats.breaker_state == "closed" and stats.breaker_opens == 0
@@ -311,16 +273,13 @@ async def test_the_read_right_after_an_unacknowledged_write_does_not_wait_again(
 ) -> None:
     s: Setup = await make_setup(timeout=BUDGET)
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         await s.update_domain({"color": "red"})
         assert s.cache.stats.pending_bumps == 1
         s.recorder.reset()
         view = await s.read_checked()  # same instant: still within the write's attempt
         assert view.config == {"color": "red", "size": 1}
         assert s.recorder.waits() == [], "the read replayed the bump at once (one more WAIT)"
-    finally:
-        replica_pair.resume_replica()
 
 
 async def test_wait_timeout_at_the_call_budget_is_refused_or_not_a_timeout(
@@ -331,12 +290,9 @@ async def test_wait_timeout_at_the_call_budget_is_refused_or_not_a_timeout(
     except CacheSettingsError:  # refusing the setting would be a fix too
         return
     await s.read_checked()
-    replica_pair.pause_replica()
-    try:
+    with replica_paused(replica_pair):
         s.recorder.reset()
         await s.update_domain({"color": "red"})
         assert s.cache.stats.pending_bumps == 1
         assert s.cache.stats.valkey_timeouts == 0
         assert "PING" not in s.recorder.names()
-    finally:
-        replica_pair.resume_replica()

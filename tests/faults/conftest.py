@@ -1,5 +1,6 @@
-"""Fixtures of the fault suite: the proxy, an injected clock, a call-counting client
-wrapper, a seeded world and a load driver that checks every answer against the DB.
+"""Fixtures of the fault suite: the proxy, an injected clock, stacks of a counting client,
+a cache source and a repository, a seeded population and a load driver that checks every
+answer against the DB.
 """
 
 from __future__ import annotations
@@ -8,10 +9,9 @@ import asyncio
 import random
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
@@ -24,7 +24,11 @@ from appconfig_cache import (
     AppConfigFragmentRepository,
     make_valkey_client,
 )
-from helpers import add_policy, add_user, domain_fragment, my_fragment, public_fragment
+from appconfig_cache.embedded import EmbeddedValkey
+from tests.support.clock import FakeClock
+from tests.support.data import add_policy, add_user
+from tests.support.fragments import domain_fragment, my_fragment, public_fragment
+from tests.support.valkey import CountingValkey
 
 from .proxy import FaultProxy
 
@@ -32,106 +36,6 @@ T = TypeVar("T")
 
 #: the client settings the brief asks for: a short socket timeout
 SOCKET_TIMEOUT = 0.3
-
-
-class ManualClock:
-    """A monotonic clock that moves only when told (``timer=`` of the cache source)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def wait_for(
-    condition: Callable[[], bool],
-    *,
-    timeout: float = 10.0,
-    step: Callable[[], Awaitable[Any]] | None = None,
-    what: str = "condition",
-) -> None:
-    """Poll ``condition`` (running ``step`` between polls) until it holds; bounded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        if step is not None:
-            await step()
-        else:
-            await asyncio.sleep(0.01)
-
-
-# -- a client wrapper that counts round trips and can inject a fault ----------------------
-
-
-class ValkeyCalls:
-    """Delegates to a real Valkey client; counts the round trips the cache makes.
-
-    ``fault`` (a zero-argument factory of an exception) makes every data call raise
-    instead of reaching Valkey (``when="before"``) or after Valkey answered
-    (``when="after"``); ``PING`` (the health probe) is never faulted.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.calls: Counter[str] = Counter()
-        self.faulted = 0
-        self.fault: Callable[[], BaseException] | None = None
-        self.when = "before"
-
-    @property
-    def total(self) -> int:
-        return sum(n for name, n in self.calls.items() if name != "ping")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    async def _call(self, name: str, run: Callable[[], Awaitable[T]]) -> T:
-        self.calls[name] += 1
-        fault = self.fault
-        if fault is not None and self.when == "before":
-            self.faulted += 1
-            raise fault()
-        result = await run()
-        if fault is not None:
-            self.faulted += 1
-            raise fault()
-        return result
-
-    async def mget(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call("mget", lambda: self.client.mget(*args, **kwargs))
-
-    async def get(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call("get", lambda: self.client.get(*args, **kwargs))
-
-    async def set(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call("set", lambda: self.client.set(*args, **kwargs))
-
-    async def incr(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._call("incr", lambda: self.client.incr(*args, **kwargs))
-
-    async def ping(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls["ping"] += 1
-        return await self.client.ping(*args, **kwargs)
-
-    def pipeline(self, *args: Any, **kwargs: Any) -> _Pipeline:
-        return _Pipeline(self, self.client.pipeline(*args, **kwargs))
-
-
-class _Pipeline:
-    def __init__(self, owner: ValkeyCalls, pipe: Any) -> None:
-        self._owner = owner
-        self._pipe = pipe
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipe, name)
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._owner._call("pipeline", lambda: self._pipe.execute(*args, **kwargs))
 
 
 # -- the proxy ------------------------------------------------------------------------------
@@ -182,24 +86,45 @@ def pg_url_via(database_url: str, proxy: FaultProxy) -> str:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def server(valkey_url: str, embedded_valkey_server: EmbeddedValkey) -> EmbeddedValkey:
+    """The embedded Valkey a test may pause, kill or fill up (flushed before the test)."""
+    return embedded_valkey_server
 
 
-# -- a seeded world -------------------------------------------------------------------------
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+class Faults(NamedTuple):
+    """What every fault test uses: ``engine, make_stack, clock = faults``."""
+
+    engine: AsyncEngine
+    make_stack: StackFactory
+    clock: FakeClock
+
+
+@pytest.fixture
+def faults(engine: AsyncEngine, make_stack: StackFactory, clock: FakeClock) -> Faults:
+    return Faults(engine, make_stack, clock)
+
+
+# -- a seeded population -------------------------------------------------------------------------
 
 
 @dataclass
-class World:
+class Population:
+    """Users in two domains and the names they all read; ``revision`` counts the writes."""
+
     users: list[uuid.UUID]
     names: list[str]
     domain_of: dict[uuid.UUID, str]
     revision: int = 0
 
 
-async def seed_world(
+async def seed_population(
     engine: AsyncEngine, *, users: int = 12, names: tuple[str, ...] = ("theme", "menu", "grid")
-) -> World:
+) -> Population:
     """Users in two domains, a policy per name, and public, domain and user fragments.
 
     Every user fragment carries its owner's id and its name, so a value served for
@@ -224,7 +149,7 @@ async def seed_world(
             uid, [my_fragment(n, own_config(uid, n, 0)) for n in names]
         )
         assert not res.failures, res.failures
-    return World(users=uids, names=list(names), domain_of=domain_of)
+    return Population(users=uids, names=list(names), domain_of=domain_of)
 
 
 def own_config(uid: uuid.UUID, name: str, rev: int) -> dict[str, Any]:
@@ -255,7 +180,7 @@ class Load:
 
     repo: AppConfigFragmentRepository
     oracle: AppConfigFragmentRepository
-    world: World
+    population: Population
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     requests: int = 0
     failures: list[BaseException] = field(default_factory=list)
@@ -275,7 +200,7 @@ class Load:
 
     async def read_round(self, n: int = 24) -> list[tuple[uuid.UUID, str]]:
         """``n`` concurrent reads (one in four a batch read), then the oracle check."""
-        users, names, rng = self.world.users, self.world.names, self.rng
+        users, names, rng = self.population.users, self.population.names, self.rng
         picks = [(rng.choice(users), rng.choice(names)) for _ in range(n)]
 
         async def one(uid: uuid.UUID, name: str) -> list[tuple[str, AppConfigData]] | None:
@@ -297,13 +222,13 @@ class Load:
         """Read every ``(user, name)`` once, concurrently; check; return the L2 hits and misses.
 
         Background fills are drained first and after, so a second sweep over an
-        unchanged world is served from Valkey.
+        unchanged population is served from Valkey.
         """
         cache = self.repo.cache_source
         assert cache is not None
         await cache.drain()
         before = (cache.stats.l2_hits, cache.stats.l2_misses)
-        pairs = [(uid, name) for uid in self.world.users for name in self.world.names]
+        pairs = [(uid, name) for uid in self.population.users for name in self.population.names]
         repo = self.repo
 
         def read(uid: uuid.UUID, name: str) -> Callable[[], Awaitable[AppConfigData]]:
@@ -321,19 +246,19 @@ class Load:
 
     async def write(self) -> None:
         """One write through the cached repository: a user's own fragment or a domain's."""
-        world = self.world
-        world.revision += 1
-        uid = self.rng.choice(world.users)
-        name = self.rng.choice(world.names)
+        population = self.population
+        population.revision += 1
+        uid = self.rng.choice(population.users)
+        name = self.rng.choice(population.names)
         if self.rng.random() < 0.75:
             await self.timed(
                 lambda: self.repo.bulk_update_my(
-                    uid, [my_fragment(name, own_config(uid, name, world.revision))]
+                    uid, [my_fragment(name, own_config(uid, name, population.revision))]
                 )
             )
         else:
-            domain = world.domain_of[uid]
-            config = {"layer": "domain", "dom": domain, "dom_rev": world.revision}
+            domain = population.domain_of[uid]
+            config = {"layer": "domain", "dom": domain, "dom_rev": population.revision}
             item = domain_fragment(domain, name, config)
             await self.timed(lambda: self.repo.admin_bulk_update([item]))
 
@@ -356,7 +281,7 @@ class Load:
 @dataclass
 class Stack:
     client: Any
-    calls: ValkeyCalls
+    calls: CountingValkey
     cache: AppConfigFragmentCacheSource
     repo: AppConfigFragmentRepository
 
@@ -379,7 +304,7 @@ async def make_stack(engine: AsyncEngine) -> AsyncIterator[StackFactory]:
         client = make_valkey_client(
             url, socket_timeout=socket_timeout, max_connections=max_connections
         )
-        calls = ValkeyCalls(client)
+        calls = CountingValkey(client)
         cache = AppConfigFragmentCacheSource(calls, **kw)
         stack = Stack(client, calls, cache, AppConfigFragmentRepository(engine, cache_source=cache))
         made.append(stack)
@@ -389,3 +314,47 @@ async def make_stack(engine: AsyncEngine) -> AsyncIterator[StackFactory]:
     for stack in made:
         await stack.cache.aclose()
         await stack.client.aclose()
+
+
+# -- recovering, and a second process --------------------------------------------------------
+
+#: the breaker cool-down of the fault tests
+COOLDOWN = 5.0
+
+
+async def recover(load: Load, cache: AppConfigFragmentCacheSource, clock: FakeClock) -> int:
+    """Valkey is back: move the clock past each cool-down until a full sweep is all L2 hits.
+
+    Returns how many times the breaker opened again on the way (stale pooled
+    connections each fail once: see ``test_reset_idle_connections_...``).
+    """
+    opens = cache.stats.breaker_opens
+    keys = len(load.population.users) * len(load.population.names)
+    for _ in range(20):
+        clock.advance(COOLDOWN + 0.1)
+        await load.read_round()
+        stats = cache.stats
+        if stats.breaker_state != "closed" or stats.pending_bumps:
+            continue
+        await load.sweep()
+        if (await load.sweep()) == (keys, 0):
+            return cache.stats.breaker_opens - opens
+    raise AssertionError(f"the cache did not recover: {cache.stats}")
+
+
+class Reader:
+    def __init__(self, client: Any, cache: AppConfigFragmentCacheSource, engine: AsyncEngine):
+        self.client, self.cache = client, cache
+        self.repo = AppConfigFragmentRepository(engine, cache_source=cache)
+
+    async def aclose(self) -> None:
+        await self.cache.aclose()
+        await self.client.aclose()
+
+
+async def fresh_reader(engine: AsyncEngine, url: str, **kw: Any) -> Reader:
+    """Another process: its own client, L1 and generation cache."""
+    from appconfig_cache import make_valkey_client
+
+    client = make_valkey_client(url, socket_timeout=0.3)
+    return Reader(client, AppConfigFragmentCacheSource(client, timer=FakeClock(), **kw), engine)

@@ -7,18 +7,37 @@ that long by construction, so the check cannot flake on a slow machine.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+import pytest_asyncio
 import valkey.asyncio as valkey_asyncio
 import valkey.exceptions as vex
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .conftest import pg_target, pg_url_via, valkey_target, wait_for
+from tests.support.polling import wait_for
+
+from .conftest import (
+    pg_target,
+    pg_url_via,
+    valkey_target,
+)
 from .proxy import FaultProxy, count_resp_commands
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(valkey_proxy: FaultProxy) -> AsyncIterator[Any]:
+    """A client through the proxy (0.3 s timeouts) that has stored ``k`` = ``b"1"``."""
+    proxied = _client(valkey_proxy.url)
+    try:
+        await proxied.set("k", b"1")
+        yield proxied
+    finally:
+        await proxied.aclose()
 
 
 def _client(url: str, timeout: float = 0.3) -> Any:
@@ -83,22 +102,17 @@ async def test_blackhole_accepts_and_never_answers(valkey_proxy: FaultProxy) -> 
         await client.aclose()
 
 
-async def test_reset_aborts_open_and_new_connections(valkey_proxy: FaultProxy) -> None:
-    client = _client(valkey_proxy.url)
-    try:
-        await client.set("k", b"1")
-        assert valkey_proxy.open_connections == 1
-        valkey_proxy.set_reset()
-        assert valkey_proxy.open_connections == 0
-        with pytest.raises(vex.ConnectionError):
-            await client.get("k")
-        with pytest.raises(vex.ConnectionError):
-            await client.get("k")  # reconnects, and is reset again
-        valkey_proxy.set_pass()
-        assert await client.get("k") == b"1"
-        assert valkey_proxy.stats.aborted >= 2
-    finally:
-        await client.aclose()
+async def test_reset_aborts_open_and_new_connections(valkey_proxy: FaultProxy, client: Any) -> None:
+    assert valkey_proxy.open_connections == 1
+    valkey_proxy.set_reset()
+    assert valkey_proxy.open_connections == 0
+    with pytest.raises(vex.ConnectionError):
+        await client.get("k")
+    with pytest.raises(vex.ConnectionError):
+        await client.get("k")  # reconnects, and is reset again
+    valkey_proxy.set_pass()
+    assert await client.get("k") == b"1"
+    assert valkey_proxy.stats.aborted >= 2
 
 
 async def test_fragment_cuts_replies_into_pieces(valkey_proxy: FaultProxy) -> None:
@@ -115,34 +129,24 @@ async def test_fragment_cuts_replies_into_pieces(valkey_proxy: FaultProxy) -> No
         await client.aclose()
 
 
-async def test_garbage_is_not_resp(valkey_proxy: FaultProxy) -> None:
-    client = _client(valkey_proxy.url)
-    try:
-        await client.set("k", b"1")
-        valkey_proxy.set_garbage()
-        with pytest.raises((vex.InvalidResponse, vex.ConnectionError)):
-            await client.get("k")
-        valkey_proxy.set_pass()
-        assert await client.get("k") == b"1"
-    finally:
-        await client.aclose()
+async def test_garbage_is_not_resp(valkey_proxy: FaultProxy, client: Any) -> None:
+    valkey_proxy.set_garbage()
+    with pytest.raises((vex.InvalidResponse, vex.ConnectionError)):
+        await client.get("k")
+    valkey_proxy.set_pass()
+    assert await client.get("k") == b"1"
 
 
-async def test_answer_replies_to_each_command(valkey_proxy: FaultProxy) -> None:
-    client = _client(valkey_proxy.url)
-    try:
-        await client.set("k", b"1")
-        valkey_proxy.set_answer(b"-ERR injected\r\n")
-        with pytest.raises(vex.ResponseError, match="injected"):
-            await client.get("k")
-        valkey_proxy.set_answer(b":42\r\n")
-        pipe = client.pipeline(transaction=False)
-        pipe.get("k").get("k").mget(["k"])
-        assert await pipe.execute() == [42, 42, 42]
-        valkey_proxy.set_pass()
-        assert await client.get("k") == b"1"
-    finally:
-        await client.aclose()
+async def test_answer_replies_to_each_command(valkey_proxy: FaultProxy, client: Any) -> None:
+    valkey_proxy.set_answer(b"-ERR injected\r\n")
+    with pytest.raises(vex.ResponseError, match="injected"):
+        await client.get("k")
+    valkey_proxy.set_answer(b":42\r\n")
+    pipe = client.pipeline(transaction=False)
+    pipe.get("k").get("k").mget(["k"])
+    assert await pipe.execute() == [42, 42, 42]
+    valkey_proxy.set_pass()
+    assert await client.get("k") == b"1"
 
 
 @pytest.mark.parametrize("action", ["swallow", "reset"])

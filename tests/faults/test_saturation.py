@@ -22,8 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import AppConfigData, AppConfigFragmentRepository
 from appconfig_cache.embedded import EmbeddedValkey
+from tests.support.clock import FakeClock
+from tests.support.polling import wait_for
 
-from .conftest import ManualClock, Stack, StackFactory, belongs_to, seed_world, wait_for
+from .conftest import (
+    Stack,
+    StackFactory,
+    belongs_to,
+    seed_population,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -112,10 +119,12 @@ class Saturation:
 async def _setup(
     engine: AsyncEngine, url: str, make_stack: StackFactory
 ) -> tuple[Stack, Saturation]:
-    world = await seed_world(engine, users=16)
+    population = await seed_population(engine, users=16)
     oracle = AppConfigFragmentRepository(engine)
-    expected = {(u, n): await oracle.app_config(u, n) for u in world.users for n in world.names}
-    stack = await make_stack(url, timer=ManualClock(), **SETTINGS)
+    expected = {
+        (u, n): await oracle.app_config(u, n) for u in population.users for n in population.names
+    }
+    stack = await make_stack(url, timer=FakeClock(), **SETTINGS)
     for _ in range(2):  # learn the domains, then fill Valkey
         for uid, name in expected:
             await stack.repo.app_config(uid, name)
@@ -160,9 +169,9 @@ async def test_saturated_loop_with_paused_valkey_opens_the_breaker(
             await wait_for(lambda: cache.stats.breaker_state == "open", what="the breaker to open")
             opened_at = load.requests
             await wait_for(lambda: load.requests >= opened_at + 200, what="load while open")
-            calls = stack.calls.total
+            calls = stack.calls.data_round_trips
             await wait_for(lambda: load.requests >= opened_at + 500, what="more load")
-            assert stack.calls.total == calls  # open: nobody waits on Valkey
+            assert stack.calls.data_round_trips == calls  # open: nobody waits on Valkey
         finally:
             server.resume()
     stats = cache.stats

@@ -2,103 +2,64 @@
 
 Each test drives reads (and writes) through an ``AppConfigFragmentRepository``
 with an ``AppConfigFragmentCacheSource`` while the real embedded Valkey is
-paused, killed, filled up, or reached through the fault proxy. Every answer is
-compared with the DB-only repository read after it (no write in between); the
-worst request latency is printed, never asserted. The clock of the cache source
-(its TTLs and the breaker cool-down) is a :class:`ManualClock`.
+paused, killed, restored from a snapshot, filled up, or made to answer garbage through
+the fault proxy. Every answer is compared with the DB-only repository read after it (no
+write in between); the worst request latency is printed, never asserted. The clock of the
+cache source (its TTLs and the breaker cool-down) is a :class:`FakeClock`.
+
+Exceptions and bad replies are in ``test_error_replies.py``; dropped invalidations,
+cancellations and the slow-DB race in ``test_cancellation_and_races.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import random
 import time
-import uuid
-from collections.abc import Callable
-from typing import Any
 
 import pytest
-import valkey.asyncio as valkey_asyncio
 import valkey.exceptions as vex
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
-    AppConfigPolicyRepository,
-    AppConfigScopeType,
 )
 from appconfig_cache.embedded import EmbeddedValkey
-from appconfig_cache.tiered import keys as K
-from helpers import domain_fragment, my_fragment, public_fragment, user_fragment
+from appconfig_cache.tiered import keys as cache_keys
+from tests.support.fragments import my_fragment
+from tests.support.polling import wait_for
+from tests.support.valkey import direct_client
 
 from .conftest import (
+    COOLDOWN,
+    Faults,
     Load,
-    ManualClock,
-    StackFactory,
-    belongs_to,
+    fresh_reader,
     own_config,
-    pg_target,
-    pg_url_via,
-    seed_world,
-    wait_for,
+    recover,
+    seed_population,
 )
 from .proxy import FaultProxy
 
 pytestmark = pytest.mark.slow
 
-COOLDOWN = 5.0
-
-
-def _direct(url: str) -> Any:
-    return valkey_asyncio.Valkey.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-
-async def _recover(load: Load, cache: AppConfigFragmentCacheSource, clock: ManualClock) -> int:
-    """Valkey is back: move the clock past each cool-down until a full sweep is all L2 hits.
-
-    Returns how many times the breaker opened again on the way (stale pooled
-    connections each fail once: see ``test_reset_idle_connections_...``).
-    """
-    opens = cache.stats.breaker_opens
-    keys = len(load.world.users) * len(load.world.names)
-    for _ in range(20):
-        clock.advance(COOLDOWN + 0.1)
-        await load.read_round()
-        stats = cache.stats
-        if stats.breaker_state != "closed" or stats.pending_bumps:
-            continue
-        await load.sweep()
-        if (await load.sweep()) == (keys, 0):
-            return cache.stats.breaker_opens - opens
-    raise AssertionError(f"the cache did not recover: {cache.stats}")
-
-
 # -- SIGSTOP ----------------------------------------------------------------------------------
 
 
-async def test_sigstop_under_steady_load(
-    engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    server = embedded_valkey_server
-    world = await seed_world(engine)
+async def test_sigstop_under_steady_load(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
+    population = await seed_population(engine)
     # Valkey only (no L1): every read of the load asks Valkey while it may.
     stack = await make_stack(
         server.url, timer=clock, local_maxsize=0, probe_timeout=0.5, breaker_cooldown=COOLDOWN
     )
     cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     for _ in range(3):
         await load.write()
         await load.read_round()
     await load.sweep()
     hits, misses = await load.sweep()
-    assert (hits, misses) == (len(world.users) * len(world.names), 0)
+    assert (hits, misses) == (len(population.users) * len(population.names), 0)
 
     server.pause()
     paused_at = time.monotonic()
@@ -111,7 +72,7 @@ async def test_sigstop_under_steady_load(
         opened = cache.stats
         assert opened.timeouts_forgiven == 0  # the first health probe confirmed the hang
         timeouts_before_open = opened.valkey_timeouts
-        calls, skipped = stack.calls.total, opened.l2_skipped
+        calls, skipped = stack.calls.data_round_trips, opened.l2_skipped
         timeouts, errors = opened.valkey_timeouts, opened.valkey_errors
         requests = load.requests
         # Several seconds of steady load, writes included, against the frozen server.
@@ -121,7 +82,7 @@ async def test_sigstop_under_steady_load(
         stats = cache.stats
         assert stats.breaker_state == "open" and stats.breaker_opens == 1
         # No request issued while open asked Valkey, so none waited on it.
-        assert stack.calls.total == calls
+        assert stack.calls.data_round_trips == calls
         assert (stats.valkey_timeouts, stats.valkey_errors) == (timeouts, errors)
         assert stats.l2_skipped > skipped
         assert stats.pending_bumps > 0  # the writes' bumps wait for Valkey
@@ -129,7 +90,7 @@ async def test_sigstop_under_steady_load(
     finally:
         server.resume()
 
-    reopened = await _recover(load, cache, clock)  # the L2 hit rate is back to 100%
+    reopened = await recover(load, cache, clock)  # the L2 hit rate is back to 100%
     assert reopened == 0
     load.report(
         f"SIGSTOP {time.monotonic() - paused_at:.1f}s (timeouts before open "
@@ -141,25 +102,23 @@ async def test_sigstop_under_steady_load(
 # -- kill, restart empty ------------------------------------------------------------------
 
 
-async def test_killed_and_restarted_empty(
-    engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    server = embedded_valkey_server
-    world = await seed_world(engine)
+async def test_killed_and_restarted_empty(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
+    population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0, breaker_cooldown=COOLDOWN)
     oracle = AppConfigFragmentRepository(engine)
-    load = Load(stack.repo, oracle, world)
+    load = Load(stack.repo, oracle, population)
     await load.sweep()  # learns the domains
     await load.sweep()  # fills
-    uid, name = world.users[0], world.names[0]
-    key = K.merged_key(uid, name)
-    gen_keys = [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(world.domain_of[uid])]
-    gen_keys.append(K.user_gen_key(uid))
-    direct = _direct(server.url)
+    uid, name = population.users[0], population.names[0]
+    key = cache_keys.merged_key(uid, name)
+    gen_keys = [
+        cache_keys.PUBLIC_GEN,
+        cache_keys.name_gen_key(name),
+        cache_keys.domain_gen_key(population.domain_of[uid]),
+    ]
+    gen_keys.append(cache_keys.user_gen_key(uid))
+    direct = direct_client(server.url)
     try:
         old_envelope = await direct.get(key)
         old_gens = await direct.mget(gen_keys)
@@ -179,8 +138,8 @@ async def test_killed_and_restarted_empty(
         await load.read_round()
     await restarting
 
-    await _recover(load, stack.cache, clock)
-    direct = _direct(server.url)
+    await recover(load, stack.cache, clock)
+    direct = direct_client(server.url)
     try:
         new_gens = await direct.mget(gen_keys)
         # Random bases: no generation took a value it had before the restart.
@@ -189,7 +148,7 @@ async def test_killed_and_restarted_empty(
         want = await oracle.app_config(uid, name)
         assert want.config is not None and want.config["rev"] == 99
         await direct.set(key, old_envelope)
-        fresh = await _fresh_reader(engine, server.url)
+        fresh = await fresh_reader(engine, server.url)
         try:
             assert await fresh.repo.app_config(uid, name) == want
             assert fresh.cache.stats.envelopes_outdated == 1
@@ -207,23 +166,27 @@ async def test_killed_and_restarted_empty(
 
 
 async def test_restored_older_snapshot_never_matches(
-    engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: ManualClock,
+    faults: Faults, server: EmbeddedValkey
 ) -> None:
-    server = embedded_valkey_server
-    world = await seed_world(engine, users=2)
+    engine, make_stack, clock = faults
+    population = await seed_population(engine, users=2)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     oracle = AppConfigFragmentRepository(engine)
-    uid, name = world.users[0], world.names[0]
+    uid, name = population.users[0], population.names[0]
     for _ in range(2):  # the first read learns the domain, the second fills Valkey
         await stack.repo.app_config(uid, name)
         await stack.cache.drain()
-    keys = [K.merged_key(uid, name), K.user_domain_key(uid), K.user_gen_key(uid)]
-    keys += [K.PUBLIC_GEN, K.name_gen_key(name), K.domain_gen_key(world.domain_of[uid])]
-    direct = _direct(server.url)
+    keys = [
+        cache_keys.merged_key(uid, name),
+        cache_keys.user_domain_key(uid),
+        cache_keys.user_gen_key(uid),
+    ]
+    keys += [
+        cache_keys.PUBLIC_GEN,
+        cache_keys.name_gen_key(name),
+        cache_keys.domain_gen_key(population.domain_of[uid]),
+    ]
+    direct = direct_client(server.url)
     try:
         snapshot = {key: await direct.dump(key) for key in keys}  # an RDB taken now
         assert None not in snapshot.values()
@@ -234,14 +197,14 @@ async def test_restored_older_snapshot_never_matches(
     assert not result.failures and stack.cache.stats.pending_bumps == 0
     server.kill()
     server.start()
-    direct = _direct(server.url)
+    direct = direct_client(server.url)
     try:
         for key, value in snapshot.items():
             await direct.restore(key, 0, value, replace=True)
     finally:
         await direct.aclose()
     want = await oracle.app_config(uid, name)
-    other = await _fresh_reader(engine, server.url)  # a process that starts after the restore
+    other = await fresh_reader(engine, server.url)  # a process that starts after the restore
     try:
         got = await other.repo.app_config(uid, name)
     finally:
@@ -254,213 +217,22 @@ def cache_state(cache: AppConfigFragmentCacheSource) -> str:
     return cache.stats.breaker_state
 
 
-class _Reader:
-    def __init__(self, client: Any, cache: AppConfigFragmentCacheSource, engine: AsyncEngine):
-        self.client, self.cache = client, cache
-        self.repo = AppConfigFragmentRepository(engine, cache_source=cache)
-
-    async def aclose(self) -> None:
-        await self.cache.aclose()
-        await self.client.aclose()
-
-
-async def _fresh_reader(engine: AsyncEngine, url: str, **kw: Any) -> _Reader:
-    """Another process: its own client, L1 and generation cache."""
-    from appconfig_cache import make_valkey_client
-
-    client = make_valkey_client(url, socket_timeout=0.3)
-    return _Reader(client, AppConfigFragmentCacheSource(client, timer=ManualClock(), **kw), engine)
-
-
-# -- every exception class a call can raise ------------------------------------------------
-
-
-def _valkey_exception_classes() -> list[type[BaseException]]:
-    return [
-        cls
-        for _, cls in inspect.getmembers(vex, inspect.isclass)
-        if issubclass(cls, BaseException) and cls.__module__ == vex.__name__
-    ]
-
-
-def _make(cls: type[BaseException]) -> Callable[[], BaseException]:
-    def make() -> BaseException:
-        try:
-            return cls("3999 127.0.0.1:6381")  # MovedError and AskError parse their message
-        except Exception:
-            return cls()
-
-    return make
-
-
-FAULTS = [(cls.__name__, _make(cls)) for cls in _valkey_exception_classes()]
-FAULTS += [("OSError", _make(OSError)), ("asyncio.TimeoutError", _make(asyncio.TimeoutError))]
-
-
-async def _every_verb(
-    engine: AsyncEngine,
-    cache: AppConfigFragmentCacheSource,
-    world: Any,
-    tag: str,
-) -> None:
-    """Every public entry point once, each answer checked against the DB."""
-    repo = AppConfigFragmentRepository(engine, cache_source=cache)
-    policies = AppConfigPolicyRepository(engine, cache_source=cache)
-    oracle = AppConfigFragmentRepository(engine)
-    uid, other = world.users[0], world.users[1]
-    name, domain = world.names[0], world.domain_of[uid]
-    extra = f"extra_{tag}"
-
-    assert await repo.app_config(uid, name) == await oracle.app_config(uid, name)
-    assert await repo.app_configs(uid, world.names) == await oracle.app_configs(uid, world.names)
-    assert await repo.my_app_configs(other) == await oracle.my_app_configs(other)
-    await policies.create(extra, [AppConfigScopeType.PUBLIC, AppConfigScopeType.USER])
-    await policies.update(extra, list(AppConfigScopeType))
-    created = await repo.bulk_create_my(uid, [my_fragment(extra, own_config(uid, extra, 1))])
-    assert not created.failures and created.successes == [await oracle.app_config(uid, extra)]
-    updated = await repo.bulk_update_my(uid, [my_fragment(extra, own_config(uid, extra, 2))])
-    assert not updated.failures and updated.successes == [await oracle.app_config(uid, extra)]
-    admin = await repo.admin_bulk_create(
-        [domain_fragment(domain, extra, {"d": 1}), public_fragment(extra, {"p": 1})]
-    )
-    assert not admin.failures
-    admin = await repo.admin_bulk_update([domain_fragment(domain, extra, {"d": 2})])
-    assert not admin.failures
-    assert await repo.app_config(uid, extra) == await oracle.app_config(uid, extra)
-    await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-    await cache.invalidate_for_scope(AppConfigScopeType.DOMAIN, domain)
-    await cache.invalidate_for_scope(AppConfigScopeType.DOMAIN_USER_DEFAULTS, domain)
-    await cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
-    await cache.invalidate_for_policy(name)
-    want = await oracle.app_config(other, name)
-    await cache.set_merged_config(other, name, want)
-    got = await cache.get_merged_config(other, name)
-    assert got is None or got == want
-    purged = await repo.admin_bulk_purge(
-        [
-            user_fragment(uid, extra, {}).key,
-            domain_fragment(domain, extra, {}).key,
-            public_fragment(extra, {}).key,
-        ]
-    )
-    assert not purged.failures
-    await policies.purge(extra)
-    for user in (uid, other):
-        assert await repo.app_configs(user, world.names) == await oracle.app_configs(
-            user, world.names
-        )
-    await cache.drain()
-
-
-async def test_no_valkey_exception_escapes(
-    engine: AsyncEngine, valkey_url: str, make_stack: StackFactory, clock: ManualClock
-) -> None:
-    """Each class raised by every data call (before, then after Valkey answered)."""
-    world = await seed_world(engine, users=2)
-    stack = await make_stack(valkey_url, timer=clock)
-    calls = stack.calls
-    assert len(FAULTS) >= 30
-    worst, seen = 0.0, 0
-    # After Valkey answered: one class of each kind the breaker tells apart is enough.
-    after = {"ConnectionError", "TimeoutError", "ResponseError", "OutOfMemoryError", "OSError"}
-    after |= {"asyncio.TimeoutError", "InvalidResponse", "DataError", "ClusterDownError"}
-    cases = [("before", label, fault) for label, fault in FAULTS]
-    cases += [("after", label, fault) for label, fault in FAULTS if label in after]
-    for when, label, fault in cases:
-        # A breaker that never opens, so every entry point meets the fault.
-        cache = AppConfigFragmentCacheSource(
-            calls,
-            timer=clock,
-            breaker_window=10_000,
-            breaker_threshold=10_000,
-            breaker_min_calls=10_000,
-        )
-        calls.fault, calls.when = fault, when
-        faulted = calls.faulted
-        start = time.perf_counter()
-        try:
-            await _every_verb(engine, cache, world, f"{when}_{label.replace('.', '_')}")
-        finally:
-            calls.fault = None
-            await cache.aclose()
-        worst = max(worst, time.perf_counter() - start)
-        stats = cache.stats
-        counted = stats.valkey_errors + stats.valkey_timeouts + stats.valkey_refusals
-        # Every faulted call went through the budgeted path and was classified once.
-        assert calls.faulted - faulted == counted > 0, (label, when, stats)
-        seen += 1
-    print(
-        f"[fault] exceptions: {seen} cases, failed=0, worst entry-point sweep {worst * 1000:.0f}ms"
-    )
-
-
-# -- garbage and protocol errors from the proxy --------------------------------------------
-
-PROXY_FAULTS: list[Any] = [
-    pytest.param(lambda p: p.set_garbage(), id="garbage"),
-    pytest.param(lambda p: p.set_garbage(b"+OK\r\n:1\r\n$-7\r\n"), id="malformed-resp"),
-    pytest.param(lambda p: p.set_answer(b"-ERR injected\r\n"), id="error-replies"),
-    pytest.param(lambda p: p.set_answer(b"-WRONGTYPE injected\r\n"), id="wrongtype-replies"),
-    pytest.param(lambda p: p.set_answer(b"$-1\r\n"), id="nil-replies"),
-    pytest.param(lambda p: p.set_answer(b":1\r\n"), id="integer-replies"),
-    pytest.param(lambda p: p.set_answer(b"*0\r\n"), id="empty-array-replies"),
-    pytest.param(lambda p: p.set_fragment(64), id="fragmented"),
-    pytest.param(lambda p: p.set_reset(), id="reset"),
-    pytest.param(lambda p: p.set_blackhole(), id="blackhole"),
-]
-
-
-@pytest.mark.parametrize("inject", PROXY_FAULTS)
-async def test_proxy_faults_never_reach_the_caller(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
-    inject: Callable[[FaultProxy], None],
-    request: pytest.FixtureRequest,
-) -> None:
-    world = await seed_world(engine, users=6)
-    stack = await make_stack(
-        valkey_proxy.url, timer=clock, local_maxsize=0, probe_timeout=0.3, breaker_cooldown=COOLDOWN
-    )
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
-    await load.sweep()
-    inject(valkey_proxy)
-    for _ in range(4):
-        await load.write()
-        await load.read_round(12)
-    await _every_verb(engine, stack.cache, world, "proxy")
-    during = load.worst
-    valkey_proxy.set_pass()
-    reopened = await _recover(load, stack.cache, clock)
-    load.report(
-        f"proxy {request.node.callspec.id} (worst while faulty {during * 1000:.0f}ms, "
-        f"breaker re-opened {reopened}x after the fault cleared)"
-    )
-    load.check()
-
-
 # -- I5: stopped, killed, garbage: the breaker opens, then closes --------------------------
 
 
 @pytest.mark.parametrize("fault", ["stop", "kill", "pause", "garbage"])
 async def test_i5_breaker_opens_and_closes(
-    engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: ManualClock,
-    fault: str,
+    faults: Faults, server: EmbeddedValkey, fault: str
 ) -> None:
-    server = embedded_valkey_server
-    world = await seed_world(engine, users=6)
+    engine, make_stack, clock = faults
+    population = await seed_population(engine, users=6)
     async with FaultProxy(("127.0.0.1", server.port)) as proxy:
         url = proxy.url if fault == "garbage" else server.url
         stack = await make_stack(
             url, timer=clock, local_maxsize=0, probe_timeout=0.3, breaker_cooldown=COOLDOWN
         )
         cache = stack.cache
-        load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+        load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
         await load.sweep()
         breaking = {
             "stop": server.stop,
@@ -485,20 +257,18 @@ async def test_i5_breaker_opens_and_closes(
             assert cache.stats.breaker_state == "open"
         finally:
             healing[fault]()
-        reopened = await _recover(load, cache, clock)
+        reopened = await recover(load, cache, clock)
         load.report(f"I5 {fault} (breaker re-opened {reopened}x after the server was back)")
         load.check()
 
 
 async def test_reset_idle_connections_do_not_open_the_breaker(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
+    faults: Faults, valkey_proxy: FaultProxy
 ) -> None:
-    world = await seed_world(engine)
+    engine, make_stack, clock = faults
+    population = await seed_population(engine)
     stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     await load.sweep()
     await load.sweep()
     idle = len(stack.pool._available_connections)
@@ -506,7 +276,7 @@ async def test_reset_idle_connections_do_not_open_the_breaker(
     valkey_proxy.abort_all()  # a NAT or firewall drops idle connections; Valkey stays up
     await load.sweep()
     stats = stack.cache.stats
-    reopened = await _recover(load, stack.cache, clock)
+    reopened = await recover(load, stack.cache, clock)
     load.report(
         f"idle connections reset: {idle} idle, valkey_errors={stats.valkey_errors}, "
         f"breaker opened {stats.breaker_opens}x ({reopened}x more on recovery)"
@@ -518,20 +288,14 @@ async def test_reset_idle_connections_do_not_open_the_breaker(
 # -- Valkey full ------------------------------------------------------------------------------
 
 
-async def test_valkey_full_fills_fail_silently(
-    engine: AsyncEngine,
-    valkey_url: str,
-    embedded_valkey_server: EmbeddedValkey,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    server = embedded_valkey_server
-    world = await seed_world(engine)
+async def test_valkey_full_fills_fail_silently(faults: Faults, server: EmbeddedValkey) -> None:
+    engine, make_stack, clock = faults
+    population = await seed_population(engine)
     stack = await make_stack(server.url, timer=clock, local_maxsize=0)
     cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
+    load = Load(stack.repo, AppConfigFragmentRepository(engine), population)
     await load.sweep()
-    admin = _direct(server.url)
+    admin = direct_client(server.url)
     saved = {
         **(await admin.config_get("maxmemory")),
         **(await admin.config_get("maxmemory-policy")),
@@ -556,243 +320,6 @@ async def test_valkey_full_fills_fail_silently(
         await admin.config_set("maxmemory-policy", saved["maxmemory-policy"])
         await admin.aclose()
     # Room again: the refused bumps are replayed and Valkey serves again.
-    await _recover(load, cache, clock)
+    await recover(load, cache, clock)
     load.report("Valkey full (maxmemory, noeviction)")
     load.check()
-
-
-# -- invalidations dropped during a write ---------------------------------------------------
-
-
-@pytest.mark.parametrize("how", ["drop-incr", "blackhole-then-reset"])
-async def test_dropped_invalidation_is_replayed(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
-    how: str,
-) -> None:
-    world = await seed_world(engine, users=4)
-    # The writer without L1, so that its reads show whether they ask Valkey.
-    writer = await make_stack(valkey_proxy.url, timer=clock, probe_timeout=0.3, local_maxsize=0)
-    other_clock = ManualClock()
-    other = await make_stack(valkey_proxy.url, timer=other_clock)  # a second process
-    oracle = AppConfigFragmentRepository(engine)
-    load = Load(writer.repo, oracle, world)
-    uid, name = world.users[0], world.names[0]
-    for stack in (writer, other, writer):  # the first read learns the domain, then fills
-        assert await stack.repo.app_config(uid, name) == await oracle.app_config(uid, name)
-        await stack.cache.drain()
-
-    if how == "drop-incr":
-        valkey_proxy.set_drop_matching(b"INCRBY")
-    else:
-        valkey_proxy.set_blackhole()
-    result = await load.timed(
-        lambda: writer.repo.bulk_update_my(uid, [my_fragment(name, own_config(uid, name, 7))])
-    )
-    assert result is not None and not result.failures
-    assert writer.cache.stats.pending_bumps == 1
-    want = await oracle.app_config(uid, name)
-    # Until the bump lands, this process skips Valkey: its reads are fresh.
-    skipped = writer.cache.stats.l2_skipped
-    assert await load.timed(lambda: writer.repo.app_config(uid, name)) == want
-    assert writer.cache.stats.l2_skipped > skipped
-    if how == "blackhole-then-reset":
-        # The failed bump's timeout started a health probe; it confirms the hang.
-        await wait_for(
-            lambda: writer.cache.stats.breaker_state == "open", what="the probe to open it"
-        )
-        valkey_proxy.set_reset()
-    valkey_proxy.set_pass()
-    clock.advance(COOLDOWN + 0.1)
-    await wait_for(
-        lambda: writer.cache.stats.pending_bumps == 0,
-        step=lambda: load.timed(lambda: writer.repo.app_config(uid, name)),
-        what="the bump to be replayed",
-    )
-    assert await writer.repo.app_config(uid, name) == want
-    # The other process sees the write once its L1 entry (local_ttl) has expired.
-    other_clock.advance(other.cache.local_ttl)
-    assert await other.repo.app_config(uid, name) == want
-    await load.sweep()
-    load.report(f"invalidation dropped ({how})")
-    load.check()
-
-
-# -- cancellation -------------------------------------------------------------------------------
-
-
-async def test_cancelled_reads_leave_the_pool_idle_and_never_cross_keys(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    world = await seed_world(engine, users=24)
-    stack = await make_stack(
-        valkey_proxy.url, timer=clock, local_maxsize=0, max_connections=16, timeout=0.25
-    )
-    oracle = AppConfigFragmentRepository(engine)
-    expected = {
-        (uid, name): await oracle.app_config(uid, name)
-        for uid in world.users
-        for name in world.names
-    }
-    load = Load(stack.repo, oracle, world)
-    await load.sweep()
-    valkey_proxy.set_latency(0.02)
-    rng = random.Random(11)
-    wrong: list[Any] = []
-    cancelled = completed = 0
-
-    async def read(uid: uuid.UUID, name: str, how: int) -> None:
-        if how == 0:
-            views = [(name, await stack.repo.app_config(uid, name))]
-        elif how == 1:
-            got = await stack.repo.app_configs(uid, world.names)
-            views = list(zip(world.names, got, strict=True))
-        else:
-            view = await stack.cache.get_merged_config(uid, name)
-            views = [] if view is None else [(name, view)]
-        for n, view in views:
-            if view != expected[(uid, n)] or not belongs_to(view, uid, n):
-                wrong.append((uid, n, view))
-
-    loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    for _ in range(10):
-        tasks = []
-        for _ in range(300):
-            uid, name = rng.choice(world.users), rng.choice(world.names)
-            task = loop.create_task(read(uid, name, rng.randrange(3)))
-            loop.call_later(rng.uniform(0, 0.15), task.cancel)
-            tasks.append(task)
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, asyncio.CancelledError):
-                cancelled += 1
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                completed += 1
-    elapsed = time.perf_counter() - start
-    await stack.cache.drain()
-    pool = stack.pool
-    await wait_for(lambda: not pool._in_use_connections, what="the pool to be idle")
-    assert wrong == []
-    assert stack.cache.stats.envelopes_rejected == 0  # no reply was read for another request
-    valkey_proxy.set_pass()
-    await load.sweep()
-    print(
-        f"[fault] cancellation: {cancelled} cancelled, {completed} completed, failed=0, "
-        f"wrong=0, {elapsed:.1f}s; pool idle ({len(pool._available_connections)} connections)"
-    )
-    load.check()
-
-
-async def test_cancelled_write_leaves_no_stale_envelope(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    world = await seed_world(engine, users=2)
-    stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
-    oracle = AppConfigFragmentRepository(engine)
-    uid, name = world.users[0], world.names[0]
-    for _ in range(2):  # the first read learns the domain, the second fills Valkey
-        assert await stack.repo.app_config(uid, name) == await oracle.app_config(uid, name)
-        await stack.cache.drain()
-    assert stack.cache.stats.fills > 0
-
-    valkey_proxy.set_drop_matching(b"INCRBY")  # the bump hangs until its budget runs out
-    write = asyncio.get_running_loop().create_task(
-        stack.repo.bulk_update_my(uid, [my_fragment(name, own_config(uid, name, 5))])
-    )
-    await wait_for(lambda: valkey_proxy.stats.drops == 1, what="the bump to be sent")
-    write.cancel()  # the client went away; the DB commit is done
-    with pytest.raises(asyncio.CancelledError):
-        await write
-    valkey_proxy.set_pass()
-    want = await oracle.app_config(uid, name)
-    assert want.config is not None and want.config["rev"] == 5
-    got = await stack.repo.app_config(uid, name)
-    assert got.config is not None and got.config["rev"] == 5, "served the view from before"
-    assert got == want
-
-
-async def test_cancelled_half_open_trial_does_not_wedge_the_breaker(
-    engine: AsyncEngine,
-    valkey_proxy: FaultProxy,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    world = await seed_world(engine, users=2)
-    stack = await make_stack(valkey_proxy.url, timer=clock, local_maxsize=0)
-    cache = stack.cache
-    load = Load(stack.repo, AppConfigFragmentRepository(engine), world)
-    uid, name = world.users[0], world.names[0]
-    valkey_proxy.set_reset()
-    await wait_for(lambda: cache.stats.breaker_state == "open", step=load.read_round)
-    valkey_proxy.set_latency(0.2)
-    clock.advance(COOLDOWN + 0.1)
-    calls = stack.calls.total
-    trial = asyncio.get_running_loop().create_task(cache.get_merged_config(uid, name))
-    await wait_for(lambda: stack.calls.total > calls, what="the trial call")
-    trial.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await trial
-    valkey_proxy.set_pass()
-    clock.advance(COOLDOWN + 0.1)
-    await wait_for(
-        lambda: cache.stats.breaker_state == "closed",
-        step=load.read_round,
-        timeout=1.0,
-        what="the breaker to close",
-    )
-    load.check()
-
-
-# -- a slow DB widens the stale-set race ------------------------------------------------------
-
-
-async def test_stale_set_race_widened_by_a_slow_db(
-    engine: AsyncEngine,
-    database_url: str,
-    valkey_url: str,
-    make_stack: StackFactory,
-    clock: ManualClock,
-) -> None:
-    """A read whose DB answer is held by the proxy while a write and its invalidation finish
-    must not leave its old value in either tier (I3)."""
-    world = await seed_world(engine, users=2)
-    uid, name = world.users[0], world.names[0]
-    oracle = AppConfigFragmentRepository(engine)
-    stack = await make_stack(valkey_url, timer=clock)
-    async with FaultProxy(pg_target(database_url)) as db_proxy:
-        slow_engine = create_async_engine(pg_url_via(database_url, db_proxy))
-        try:
-            slow_repo = AppConfigFragmentRepository(slow_engine, cache_source=stack.cache)
-            await slow_repo.app_configs(world.users[1], world.names)  # warm the DB pool
-            db_proxy.set_latency(0.3)
-            sent = db_proxy.stats.bytes_up
-            reader = asyncio.get_running_loop().create_task(slow_repo.app_config(uid, name))
-            await wait_for(lambda: db_proxy.stats.bytes_up > sent, what="the reader's query")
-            done = await stack.repo.bulk_update_my(
-                uid, [my_fragment(name, own_config(uid, name, 3))]
-            )
-            assert not done.failures
-            old = await reader
-            assert old.config is not None and old.config["rev"] == 0  # the race was hit
-            await stack.cache.drain()
-        finally:
-            await slow_engine.dispose()
-    want = await oracle.app_config(uid, name)
-    assert want.config is not None and want.config["rev"] == 3
-    assert await stack.repo.app_config(uid, name) == want
-    other = await _fresh_reader(engine, valkey_url)
-    try:
-        assert await other.repo.app_config(uid, name) == want
-    finally:
-        await other.aclose()
-    print(f"[fault] slow-DB race: the racing read saw rev {old.config['rev']}; failed=0 stale=0")

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from appconfig_cache import (
     AppConfigData,
@@ -39,6 +38,9 @@ from appconfig_cache import (
     FragmentInput,
     MyFragmentInput,
 )
+from tests.support.clock import FakeClock
+from tests.support.data import add_user, truncate_tables
+from tests.support.internals import db_source_of
 
 EXAMPLES = int(os.environ.get("APPCONFIG_CACHE_MODEL_EXAMPLES", "200"))
 STEPS = int(os.environ.get("APPCONFIG_CACHE_MODEL_STEPS", "30"))
@@ -46,14 +48,6 @@ LOCAL_TTL = 2.0
 NAMES = ("theme", "menu", "prefs")
 DOMAINS = ("d1", "d2")
 SCOPES = tuple(AppConfigScopeType)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Instance:
     repo: AppConfigFragmentRepository
     policies: AppConfigPolicyRepository
     cache: AppConfigFragmentCacheSource
-    clock: Clock
+    clock: FakeClock
 
 
 class Walk:
@@ -81,7 +75,7 @@ class Walk:
         self.oracle = AppConfigFragmentRepository(engine)
         self.instances: list[Instance] = []
         for i in range(instances):
-            clock = Clock()
+            clock = FakeClock()
             cache = AppConfigFragmentCacheSource(
                 client,
                 local_ttl=LOCAL_TTL,
@@ -102,14 +96,8 @@ class Walk:
 
     async def setup(self) -> None:
         rng = self.rng
-        async with self.engine.begin() as conn:
-            for _ in range(3):
-                uid = uuid.uuid4()
-                await conn.execute(
-                    sa.text("INSERT INTO users (uuid, domain_name) VALUES (:u, :d)"),
-                    {"u": uid, "d": rng.choice(DOMAINS)},
-                )
-                self.users.append(uid)
+        for _ in range(3):
+            self.users.append(await add_user(self.engine, domain=rng.choice(DOMAINS)))
         self.users.append(uuid.uuid4())  # a user without a users row
         policies = AppConfigPolicyRepository(self.engine)
         for name in NAMES:
@@ -204,7 +192,7 @@ class Walk:
             await inst.policies.update(name, self._chain())
             await self.record_write(who)
         elif action == "clock":
-            inst.clock.now += rng.choice([0.1, 0.5, 1.0, 1.5, LOCAL_TTL])
+            inst.clock.advance(rng.choice([0.1, 0.5, 1.0, 1.5, LOCAL_TTL]))
         else:
             await self._racy_read(who, uid, name)
         # After every step, a few reads from every instance must satisfy the model.
@@ -236,7 +224,7 @@ class Walk:
         """A read that pauses after its DB query while a write runs to completion (I3)."""
         inst = self.instances[who]
         gate, arrived = asyncio.Event(), asyncio.Event()
-        db = inst.repo._db
+        db = db_source_of(inst.repo)
         original: Callable[..., Awaitable[Any]] = db.load_views
 
         async def paused(*args: Any) -> Any:
@@ -270,10 +258,7 @@ class Walk:
 
 
 async def _reset(engine: Any, client: Any) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text("TRUNCATE users, app_config_policies, app_config_fragments CASCADE")
-        )
+    await truncate_tables(engine)
     await client.flushdb()
 
 

@@ -9,7 +9,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..tiered import keys as K
+from ..tiered import keys as cache_keys
 from ..types import AppConfigScopeType
 from ..validation import validate_name, validate_scope, validate_user_id
 from ._common import (
@@ -49,7 +49,7 @@ Also prints the public and policies generations and how many domain, name and us
 generations exist.
 """
 
-_SCAN_MATCH = K.PREFIX + "*"  # fixed: never built from user input
+_SCAN_MATCH = cache_keys.PREFIX + "*"  # fixed: never built from user input
 _KINDS = ("merged", "gen", "user_domain", "other")
 
 
@@ -163,16 +163,16 @@ async def _invalidate(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     async with _valkey_session(client, args.valkey_url):
         if args.user is not None:
             target = f"user {args.user}"
-            gen_keys = [K.user_gen_key(args.user)]
+            gen_keys = [cache_keys.user_gen_key(args.user)]
         elif args.domain is not None:
             target = f"domain {args.domain!r}"
-            gen_keys = [K.domain_gen_key(args.domain)]
+            gen_keys = [cache_keys.domain_gen_key(args.domain)]
         elif args.public:
             target = "the public scope (every view)"
-            gen_keys = [K.PUBLIC_GEN]
+            gen_keys = [cache_keys.PUBLIC_GEN]
         else:
             target = f"config name {args.policy!r}"
-            gen_keys = [K.name_gen_key(args.policy), K.POLICIES_GEN]
+            gen_keys = [cache_keys.name_gen_key(args.policy), cache_keys.POLICIES_GEN]
         before = await client.mget(gen_keys)
         cache = AppConfigFragmentCacheSource(client)
         try:
@@ -213,7 +213,7 @@ def _int_or_none(raw: Any) -> int | None:
 
 
 def _kind(key: bytes) -> str:
-    rest = key[len(K.PREFIX) :]
+    rest = key[len(cache_keys.PREFIX) :]
     if rest.startswith(b"merged:"):
         return "merged"
     if rest.startswith(b"gen:"):
@@ -272,7 +272,7 @@ async def _stats(client: Any, args: argparse.Namespace) -> dict[str, Any]:
             kind = _kind(key)
             counts[kind] += 1
             if kind == "gen":
-                rest = key[len(K.PREFIX) + len(b"gen:") :]
+                rest = key[len(cache_keys.PREFIX) + len(b"gen:") :]
                 for prefix in gen_counts:
                     if rest.startswith(prefix.encode() + b":"):
                         gen_counts[prefix] += 1
@@ -297,10 +297,10 @@ async def _stats(client: Any, args: argparse.Namespace) -> dict[str, Any]:
                 sampled += len(sizes)
                 memory[kind] = round(sum(sizes) / len(sizes) * counts[kind]) if sizes else 0
             memory["total"] = sum(memory.values())
-        public, policies = await client.mget([K.PUBLIC_GEN, K.POLICIES_GEN])
+        public, policies = await client.mget([cache_keys.PUBLIC_GEN, cache_keys.POLICIES_GEN])
     return {
         "valkey": describe_url(args.valkey_url),
-        "prefix": K.PREFIX,
+        "prefix": cache_keys.PREFIX,
         "keys": {**counts, "total": sum(counts.values())},
         "memory_bytes": memory,
         "memory_sampled_keys": sampled,

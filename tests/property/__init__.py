@@ -1,0 +1,1 @@
+"""Property tests: hostile input and the model-based consistency walk."""

@@ -1,0 +1,50 @@
+"""Every reach into the private state of the library's objects, one line each.
+
+The cache source's internals change as it is rewritten; only this module follows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from appconfig_cache import AppConfigFragmentCacheSource, AppConfigFragmentRepository
+
+
+def l1_entries(cache: AppConfigFragmentCacheSource) -> Any:
+    """The L1 mapping of ``(user id, name)`` to entries, expired ones included (None: L1 off)."""
+    return cache._local._entries
+
+
+def clear_l1(cache: AppConfigFragmentCacheSource) -> None:
+    """Drop every L1 entry, expired ones waiting for a renewal included."""
+    entries = l1_entries(cache)
+    if entries is not None:
+        entries.clear()
+
+
+def trip_breaker(cache: AppConfigFragmentCacheSource) -> None:
+    """Open the breaker as confirmed failures would (it cools down as configured)."""
+    cache._parts.remote.breaker.trip()
+
+
+def valkey_usable(cache: AppConfigFragmentCacheSource) -> bool:
+    """Would the cache source ask Valkey now (breaker closed or trying)?"""
+    return bool(cache._parts.remote.available())
+
+
+def background_tasks(cache: AppConfigFragmentCacheSource) -> list[asyncio.Task[Any]]:
+    """The loads, fills, refreshes and replays the cache source runs in the background."""
+    return list(cache._parts.background._tasks)
+
+
+def db_source_of(repo: AppConfigFragmentRepository) -> Any:
+    """The repository's DB source (its ``load_views`` is what tests wrap to park a load)."""
+    return repo._db
+
+
+def merged_view_statement() -> Any:
+    """The repository's merged-view SQL statement (``text()`` with ``:uid`` and ``:names``)."""
+    from appconfig_cache.repositories.app_config_fragment.db_source import db_source
+
+    return db_source._MERGED_VIEW_SQL
