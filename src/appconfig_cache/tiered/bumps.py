@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 
 from . import keys
 from .broadcast import Broadcast
@@ -36,33 +37,25 @@ class NotReplicated(Exception):
     """WAIT returned before enough replicas acknowledged the bump."""
 
 
+@dataclass(eq=False)
 class Bumps:
     """Sends bumps, keeps the ones that failed, and replays them before Valkey is used."""
 
-    def __init__(
-        self,
-        commands: Commands,
-        readings: Readings,
-        background: Background,
-        stats: CacheStats,
-        failures: Failures,
-        *,
-        broadcast: Broadcast | None,
-        wait_replicas: int,
-        wait_ms: int,
-        timer: Callable[[], float],
-    ) -> None:
-        self._commands = commands
-        self._remote = commands.remote
-        self._readings = readings
-        self._stats = stats
-        self._failures = failures
-        self._broadcast = broadcast
-        self._wait_replicas = wait_replicas
-        self._wait_ms = wait_ms
-        self._timer = timer
+    commands: Commands
+    readings: Readings
+    background: Background
+    stats: CacheStats
+    failures: Failures
+    _: KW_ONLY
+    broadcast: Broadcast | None
+    wait_replicas: int
+    wait_ms: int
+    timer: Callable[[], float]
+
+    def __post_init__(self) -> None:
+        self._remote = self.commands.remote
         self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
-        self._replay = Slot(background, self._replay_once)
+        self._replay = Slot(self.background, self._replay_once)
         self._next_replay_at = float("-inf")
 
     @property
@@ -72,17 +65,17 @@ class Bumps:
 
     async def bump(self, gen_keys: list[str]) -> None:
         """INCR each generation now, with any pending ones; keep them pending on failure."""
-        self._stats.invalidations += len(gen_keys)
-        request = self._readings.next_request()
+        self.stats.invalidations += len(gen_keys)
+        request = self.readings.next_request()
         if not self._remote.available():
             self._defer(gen_keys, request)
             return
-        await self._send(gen_keys, request, self._timer())
+        await self._send(gen_keys, request, self.timer())
 
     def later(self, gen_keys: list[str]) -> None:
         """Count the invalidation, and leave its bumps pending for the next read to replay."""
-        self._stats.invalidations += len(gen_keys)
-        self._defer(gen_keys, self._readings.next_request())
+        self.stats.invalidations += len(gen_keys)
+        self._defer(gen_keys, self.readings.next_request())
 
     async def catch_up(self) -> bool:
         """Replay pending bumps (if any); return whether Valkey may be used now."""
@@ -93,29 +86,29 @@ class Bumps:
     async def _replay_once(self) -> bool:
         # One attempt per cool-down: a Valkey that takes the bump but cannot
         # replicate it (WAIT) must not cost every read a round trip.
-        now = self._timer()
+        now = self.timer()
         if now < self._next_replay_at or not self._remote.available():
             return False
-        await self._send([], self._readings.next_request(), now)
+        await self._send([], self.readings.next_request(), now)
         return not self._pending
 
     async def _send(self, gen_keys: list[str], request: int, now: float) -> None:
         todo = list(dict.fromkeys([*self._pending, *gen_keys]))
         if not todo:
             return
-        broadcast = self._broadcast
+        broadcast = self.broadcast
         if broadcast is not None:
             broadcast.ensure_started()
         try:
-            reply = await self._commands.bump(
+            reply = await self.commands.bump(
                 {key: gen_base() for key in todo},
                 publish=None if broadcast is None else broadcast.publish_command(todo),
-                wait_replicas=self._wait_replicas,
-                wait_ms=self._wait_ms,
+                wait_replicas=self.wait_replicas,
+                wait_ms=self.wait_ms,
             )
-            if reply.replicas is not None and reply.replicas < self._wait_replicas:
+            if reply.replicas is not None and reply.replicas < self.wait_replicas:
                 raise NotReplicated(
-                    f"{reply.replicas} of {self._wait_replicas} replicas acknowledged"
+                    f"{reply.replicas} of {self.wait_replicas} replicas acknowledged"
                 )
         except BaseException as exc:  # replayed before Valkey is trusted again
             self._defer(todo, request)
@@ -124,14 +117,14 @@ class Bumps:
             self._next_replay_at = now + self._remote.breaker.cooldown
             if not isinstance(exc, Exception):
                 raise  # cancelled after the DB commit: the bump stays pending
-            self._failures.log("valkey invalidation failed; will replay", exc)
+            self.failures.log("valkey invalidation failed; will replay", exc)
             return
         # Numbered after the reply: a GET sent while the INCR was in flight may be
         # answered after it, and must not put the old value back.
-        request = self._readings.next_request()
+        request = self.readings.next_request()
         for key, value in zip(todo, reply.gens, strict=True):
             if not key.startswith(keys.USER_GEN_PREFIX):
-                self._readings.put(key, value, now, request)
+                self.readings.put(key, value, now, request)
         self._pending.difference_update(todo)
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("bumped %s", todo)
@@ -139,4 +132,4 @@ class Bumps:
     def _defer(self, gen_keys: list[str], request: int) -> None:
         for key in gen_keys:
             self._pending.add(key)
-            self._readings.forget(key, request)
+            self.readings.forget(key, request)

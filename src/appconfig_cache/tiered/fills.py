@@ -9,6 +9,7 @@ taking a pool connection.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from .commands import Commands
 from .failures import Failures
@@ -20,22 +21,22 @@ _FILL_BATCH = 256
 _FILL_QUEUE_MAX = 20_000
 
 
+@dataclass(eq=False)
 class FillQueue:
     """Envelopes waiting for Valkey; one task writes all that queued meanwhile."""
 
-    def __init__(
-        self, commands: Commands, background: Background, stats: CacheStats, failures: Failures
-    ) -> None:
-        self._commands = commands
-        self._background = background
-        self._stats = stats
-        self._failures = failures
+    commands: Commands
+    background: Background
+    stats: CacheStats
+    failures: Failures
+
+    def __post_init__(self) -> None:
         self._queue: list[tuple[str, bytes]] = []
-        self._flush = Slot(background, self._flush_all)
+        self._flush = Slot(self.background, self._flush_all)
 
     def add(self, sets: list[tuple[str, bytes]]) -> None:
         if len(self._queue) >= _FILL_QUEUE_MAX:
-            self._stats.fills_skipped += len(sets)
+            self.stats.fills_skipped += len(sets)
             return
         self._queue.extend(sets)
         self._flush.start()
@@ -48,13 +49,13 @@ class FillQueue:
             await self._write(batch)
 
     async def _write(self, sets: list[tuple[str, bytes]]) -> None:
-        if not self._commands.remote.available():
-            self._stats.fills_skipped += len(sets)
+        if not self.commands.remote.available():
+            self.stats.fills_skipped += len(sets)
             return
         try:
-            await self._commands.fill(sets)
+            await self.commands.fill(sets)
         except Exception as exc:  # a failed fill is only a lost shortcut
-            self._stats.fills_skipped += len(sets)
-            self._failures.log("valkey fill failed", exc)
+            self.stats.fills_skipped += len(sets)
+            self.failures.log("valkey fill failed", exc)
         else:
-            self._stats.fills += len(sets)
+            self.stats.fills += len(sets)

@@ -85,7 +85,7 @@ class UnbatchedFills(FillQueue):
     """Each store writes its own envelopes, in its own task and round trip."""
 
     def add(self, sets: list[tuple[str, bytes]]) -> None:
-        self._background.spawn(self._write(sets))
+        self.background.spawn(self._write(sets))
 
 
 class ReadPathLeadingInTasks(ReadPath):

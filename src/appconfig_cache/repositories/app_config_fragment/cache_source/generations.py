@@ -57,17 +57,17 @@ def shared_gen_keys(names: list[str], domain: str | None) -> list[str]:
     return gen_keys
 
 
+@dataclass(eq=False)
 class ViewGenerations:
     """Reads, records and, for fills, creates the generations of views."""
 
-    def __init__(self, readings: Readings, commands: Commands, failures: Failures) -> None:
-        self._readings = readings
-        self._commands = commands
-        self._failures = failures
+    readings: Readings
+    commands: Commands
+    failures: Failures
 
     def current(self, name: str, domain: str, user_gen: int | None, now: float) -> Current | None:
         """The generations an envelope of ``name`` must carry now (None: not all known)."""
-        readings = self._readings
+        readings = self.readings
         public = readings.get(keys.PUBLIC_GEN, now)
         by_name = readings.get(keys.name_gen_key(name), now)
         if public is None or by_name is None or public.value is None or by_name.value is None:
@@ -87,7 +87,7 @@ class ViewGenerations:
     def stale(self, gen_keys: list[str], now: float, *, since: int = -1) -> list[str]:
         """Those of ``gen_keys`` without a reading younger than ``ttl`` by a request
         numbered above ``since``."""
-        readings = self._readings
+        readings = self.readings
         return [
             key
             for key in gen_keys
@@ -99,12 +99,12 @@ class ViewGenerations:
 
         False if Valkey failed or answered something else; the failure is logged.
         """
-        readings = self._readings
+        readings = self.readings
         request = readings.next_request()
         try:
-            values = await self._commands.read_gens(gen_keys, now, request, epoch=epoch)
+            values = await self.commands.read_gens(gen_keys, now, request, epoch=epoch)
         except Exception as exc:  # failures, and replies of another shape
-            self._failures.log("valkey generation read failed", exc)
+            self.failures.log("valkey generation read failed", exc)
             return False
         for key, value in zip(gen_keys, values, strict=True):
             readings.put(key, value, now, request)
@@ -122,7 +122,7 @@ class ViewGenerations:
         now: float,
     ) -> FillPlan | None:
         """Gather the generations for filling ``names``; create absent ones (random base)."""
-        readings = self._readings
+        readings = self.readings
         known: dict[str, int | None] = {}
         for key in shared_gen_keys(names, None if domain == keys.NO_DOMAIN else domain):
             reading = readings.get(key, now)
@@ -133,9 +133,9 @@ class ViewGenerations:
         if absent:
             request = readings.next_request()
             try:
-                created = await self._commands.create_gens({key: gen_base() for key in absent})
+                created = await self.commands.create_gens({key: gen_base() for key in absent})
             except Exception as exc:
-                self._failures.log("valkey generation init failed", exc)
+                self.failures.log("valkey generation init failed", exc)
                 return None
             for key, value in zip(absent, created, strict=True):
                 known[key] = value

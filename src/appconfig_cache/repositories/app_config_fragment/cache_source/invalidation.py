@@ -10,6 +10,7 @@ names generation keys; they map back to the same local records.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from uuid import UUID
 
 from ....tiered import keys
@@ -35,25 +36,19 @@ def targets_of(fragment_keys: Iterable[AppConfigFragmentKey]) -> list[Target]:
     ]
 
 
+@dataclass(eq=False)
 class Invalidation:
     """Local records first, then the bumps; and the other processes' bumps, applied here."""
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        bumps: Bumps,
-        policy_names: PolicyNames,
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._bumps = bumps
-        self._policy_names = policy_names
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    bumps: Bumps
+    policy_names: PolicyNames
 
     async def targets(self, targets: list[Target]) -> None:
         gen_keys = self._drop_local(targets)
         if gen_keys:
-            await self._bumps.bump(gen_keys)
+            await self.bumps.bump(gen_keys)
             # A read that began while the INCR was in flight ran under the new version
             # but saw the old generations: invalidate locally once more, so nothing
             # it stored outlives this call (I2).
@@ -61,25 +56,25 @@ class Invalidation:
 
     def targets_nowait(self, targets: list[Target]) -> None:
         """L1 now; the bumps stay pending until the next read replays them."""
-        self._bumps.later(self._drop_local(targets))
+        self.bumps.later(self._drop_local(targets))
 
     async def policy(self, config_name: str) -> None:
-        await self._bumps.bump(self._drop_policy_local(config_name))
+        await self.bumps.bump(self._drop_policy_local(config_name))
         self._drop_policy_local(config_name)  # as in targets()
 
     def policy_nowait(self, config_name: str) -> None:
-        self._bumps.later(self._drop_policy_local(config_name))
+        self.bumps.later(self._drop_policy_local(config_name))
 
     def _drop_policy_local(self, config_name: str) -> list[str]:
         validate_name(config_name)
-        self._local.invalidate_name(config_name)
-        self._policy_names.changed()
+        self.local.invalidate_name(config_name)
+        self.policy_names.changed()
         return [keys.name_gen_key(config_name), keys.POLICIES_GEN]
 
     def _drop_local(self, targets: Iterable[Target]) -> list[str]:
         """Record each target's invalidation in L1; return the generation keys, each once."""
         gen_keys: dict[str, None] = {}
-        local = self._local
+        local = self.local
         for kind, ident in targets:
             if kind == AppConfigScopeType.USER:
                 uid = UUID(ident)
@@ -98,8 +93,8 @@ class Invalidation:
 
     def apply_remote(self, gen_keys: list[str]) -> None:
         """Another process bumped these generations: drop what they cover here."""
-        local = self._local
-        request = self._readings.next_request()
+        local = self.local
+        request = self.readings.next_request()
         for key in gen_keys:
             parsed = keys.parse_gen_key(key)
             if parsed is None:
@@ -117,5 +112,5 @@ class Invalidation:
             elif kind == "public":
                 local.invalidate_public()
             else:  # policies
-                self._policy_names.changed()
-            self._readings.forget(key, request)
+                self.policy_names.changed()
+            self.readings.forget(key, request)

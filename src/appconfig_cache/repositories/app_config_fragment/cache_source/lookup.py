@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from uuid import UUID
 
 from ....tiered import keys
@@ -33,48 +33,37 @@ class Looked:
     read_at: float
 
 
+@dataclass(eq=False)
 class Lookup:
     """Finds current envelopes in Valkey; their views go to L1 through the store."""
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        commands: Commands,
-        generations: ViewGenerations,
-        envelopes: EnvelopeReader[AppConfigData],
-        store: Store,
-        stats: CacheStats,
-        failures: Failures,
-        *,
-        local_ttl: float,
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._commands = commands
-        self._generations = generations
-        self._envelopes = envelopes
-        self._store = store
-        self._stats = stats
-        self._failures = failures
-        self._local_ttl = local_ttl
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    commands: Commands
+    generations: ViewGenerations
+    envelopes: EnvelopeReader[AppConfigData]
+    store: Store
+    stats: CacheStats
+    failures: Failures
+    _: KW_ONLY
+    local_ttl: float
 
     async def find(
         self, user_id: UUID, names: list[str], version: int, now: float
     ) -> Looked | None:
         """Look ``names`` up (plus the generations that are due); None if Valkey failed."""
-        local, readings = self._local, self._readings
+        local, readings = self.local, self.readings
         request = readings.next_request()
         domain = local.domains.get(user_id)
-        due = self._generations.stale(shared_gen_keys(names, domain), now)
+        due = self.generations.stale(shared_gen_keys(names, domain), now)
         user_gen_key = keys.user_gen_key(user_id)
         user_keys = [keys.merged_key(user_id, name) for name in names]
         user_keys += [user_gen_key, keys.user_domain_key(user_id)]
         try:
-            reply = await self._commands.lookup(user_keys, due, now, request)
+            reply = await self.commands.lookup(user_keys, due, now, request)
         except Exception as exc:  # failures, and replies of another shape
-            self._failures.log("valkey read failed", exc)
-            self._stats.l2_skipped += len(names)
+            self.failures.log("valkey read failed", exc)
+            self.stats.l2_skipped += len(names)
             return None
         try:
             values = reply[0]
@@ -88,32 +77,32 @@ class Lookup:
             raw_domain = values[-1]
             user_domain = raw_domain.decode() if isinstance(raw_domain, bytes) else None
         except (TypeError, ValueError, IndexError) as exc:  # a reply of another shape
-            self._failures.reject("valkey answered a reply of the wrong shape", exc)
-            self._stats.l2_skipped += len(names)
+            self.failures.reject("valkey answered a reply of the wrong shape", exc)
+            self.stats.l2_skipped += len(names)
             return None
         if user_domain is not None:
             domain = user_domain
             local.domains[user_id] = user_domain
 
-        candidates = self._envelopes.candidates(user_id, names, values, user_domain)
+        candidates = self.envelopes.candidates(user_id, names, values, user_domain)
         # Domains named by envelopes or the user_domain key whose generation is not cached.
         needed = {candidate.header.domain for candidate in candidates}
         if domain:
             needed.add(domain)
         needed.discard(keys.NO_DOMAIN)
-        late = self._generations.stale([keys.domain_gen_key(d) for d in needed], now)
-        if late and not await self._generations.fetch(late, now):
+        late = self.generations.stale([keys.domain_gen_key(d) for d in needed], now)
+        if late and not await self.generations.fetch(late, now):
             return None
 
         found, reusable = self._current_views(user_id, candidates, user_gen, version, now)
-        self._stats.l2_hits += len(found)
-        self._stats.l2_misses += len(names) - len(found)
+        self.stats.l2_hits += len(found)
+        self.stats.l2_misses += len(names) - len(found)
         return Looked(found, reusable, domain, user_gen, user_domain, user_since, now)
 
     async def plan(self, user_id: UUID, names: list[str], looked: Looked) -> FillPlan | None:
         """The generations new envelopes of ``names`` go under: those read by the lookup
         (before any DB query), plus absent ones created now."""
-        return await self._generations.plan(
+        return await self.generations.plan(
             user_id, names, looked.domain, looked.user_gen, looked.user_domain, looked.read_at
         )
 
@@ -128,13 +117,13 @@ class Lookup:
         """The views of the current envelopes (kept in L1), and the reusable outdated ones."""
         found: dict[str, AppConfigData] = {}
         reusable: dict[str, Candidate] = {}
-        server_epoch = self._readings.epoch(now)
-        request = self._readings.next_request()  # after the reply: see LocalTier.stale_entry
+        server_epoch = self.readings.epoch(now)
+        request = self.readings.next_request()  # after the reply: see LocalTier.stale_entry
         for candidate in candidates:
             name, header = candidate.name, candidate.header
-            current = self._generations.current(name, header.domain, user_gen, now)
+            current = self.generations.current(name, header.domain, user_gen, now)
             if current is None or header.gens != current.gens or header.epoch != server_epoch:
-                self._stats.envelopes_outdated += 1
+                self.stats.envelopes_outdated += 1
                 if (
                     header.user_scope is not None
                     and user_gen is not None
@@ -143,12 +132,12 @@ class Lookup:
                 ):
                     reusable[name] = candidate  # only shared scopes changed
                 continue
-            view = self._envelopes.value(user_id, name, candidate.raw, header)
+            view = self.envelopes.value(user_id, name, candidate.raw, header)
             if view is not None:
                 found[name] = view
-                self._store.keep_hit(
+                self.store.keep_hit(
                     user_id, name, view, header.domain, version,
-                    current.oldest + self._local_ttl, Basis(current.gens, header.epoch),
+                    current.oldest + self.local_ttl, Basis(current.gens, header.epoch),
                     request, header.user_scope,
                 )  # fmt: skip
         return found, reusable

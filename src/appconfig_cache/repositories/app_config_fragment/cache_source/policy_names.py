@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import NamedTuple
 
 from ....errors import AppConfigError
@@ -29,67 +30,59 @@ class _Copy(NamedTuple):
     expires: float
 
 
+@dataclass(eq=False)
 class PolicyNames:
     """The names list: the local copy, then Valkey, then the loader."""
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        commands: Commands,
-        bumps: Bumps,
-        stats: CacheStats,
-        failures: Failures,
-        *,
-        local_ttl: float,
-        timer: Callable[[], float],
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._commands = commands
-        self._bumps = bumps
-        self._stats = stats
-        self._failures = failures
-        self._local_ttl = local_ttl
-        self._timer = timer
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    commands: Commands
+    bumps: Bumps
+    stats: CacheStats
+    failures: Failures
+    _: KW_ONLY
+    local_ttl: float
+    timer: Callable[[], float]
+
+    def __post_init__(self) -> None:
         self._copy: _Copy | None = None
-        self._changed_at = 0  # local version of the last policy change
+        self._changed_at = 0  # the local version of the last policy change
 
     def changed(self) -> None:
         """A policy changed (here or, by the broadcast, elsewhere): the copy is stale."""
-        self._changed_at = self._local.mark()
+        self._changed_at = self.local.mark()
 
     async def get(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:
-        now = self._timer()
+        now = self.timer()
         copy = self._copy
         if copy is not None and copy.expires > now and self._changed_at <= copy.version:
             return copy.names
-        version = self._local.version
+        version = self.local.version
         names: list[str] | None = None
         gen: int | None = None
-        if await self._bumps.catch_up():
+        if await self.bumps.catch_up():
             names, gen = await self._lookup(now)
-        server = self._readings.epoch(now)
+        server = self.readings.epoch(now)
         if names is None:
             names = await loader()
-            self._stats.db_loads += 1
+            self.stats.db_loads += 1
             if gen is not None and server is not None:
                 await self._fill(gen, server, names)
         if self._changed_at <= version:
-            self._copy = _Copy(names, version, now + self._local_ttl)
+            self._copy = _Copy(names, version, now + self.local_ttl)
         return names
 
     async def _lookup(self, now: float) -> tuple[list[str] | None, int | None]:
         """``(names or None on a miss, the policies generation read before any DB query)``."""
-        request = self._readings.next_request()
+        request = self.readings.next_request()
         try:
-            raw, gen = await self._commands.read_listed(
+            raw, gen = await self.commands.read_listed(
                 keys.POLICY_NAMES, keys.POLICIES_GEN, gen_base(), now, request
             )
         except Exception as exc:  # failures, and replies of another shape
-            self._failures.log("valkey read failed", exc)
+            self.failures.log("valkey read failed", exc)
             return None, None
-        epoch = self._readings.epoch(now)
+        epoch = self.readings.epoch(now)
         if gen is None or epoch is None:
             return None, None  # just created: nothing cached can match it
         try:
@@ -97,16 +90,16 @@ class PolicyNames:
             if isinstance(doc, dict) and doc.get("g") == gen and doc.get("e") == epoch:
                 names = doc.get("names")
                 if isinstance(names, list) and all(isinstance(n, str) for n in names):
-                    self._stats.l2_hits += 1
+                    self.stats.l2_hits += 1
                     return [validate_name(n) for n in names], gen
         except (ValueError, TypeError, AppConfigError) as exc:
-            self._failures.reject("rejected a malformed policy-name list", exc)
-        self._stats.l2_misses += 1
+            self.failures.reject("rejected a malformed policy-name list", exc)
+        self.stats.l2_misses += 1
         return None, gen
 
     async def _fill(self, gen: int, server: int, names: list[str]) -> None:
         payload = json.dumps({"g": gen, "e": server, "names": names}).encode()
         try:
-            await self._commands.store(keys.POLICY_NAMES, payload)
+            await self.commands.store(keys.POLICY_NAMES, payload)
         except Exception as exc:
-            self._failures.log("valkey fill failed", exc)
+            self.failures.log("valkey fill failed", exc)

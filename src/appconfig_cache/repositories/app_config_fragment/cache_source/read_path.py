@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from uuid import UUID
 
 from ....tiered.bumps import Bumps
@@ -41,41 +42,31 @@ Loader = Callable[[UUID, Sequence[str]], Awaitable[LoadedViews]]
 _Started = list[tuple[str, Flight[AppConfigData]]]
 
 
+@dataclass(eq=False)
 class ReadPath:
     """Flights of view loads, and the steps a leader takes for the names it loads."""
 
     #: a lone flight (nothing to join) is led in the caller's task, without a task switch
     lead_inline = True
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        bumps: Bumps,
-        remote: Remote,
-        renewal: Renewal,
-        recomposer: Recomposer,
-        lookup: Lookup,
-        store: Store,
-        background: Background,
-        stats: CacheStats,
-        timer: Callable[[], float],
-    ) -> None:
-        self._local = local
-        self._bumps = bumps
-        self._remote = remote
-        self._renewal = renewal
-        self._recomposer = recomposer
-        self._lookup = lookup
-        self._store = store
-        self._background = background
-        self._stats = stats
-        self._timer = timer
+    local: LocalTier[AppConfigData]
+    bumps: Bumps
+    remote: Remote
+    renewal: Renewal
+    recomposer: Recomposer
+    lookup: Lookup
+    store: Store
+    background: Background
+    stats: CacheStats
+    timer: Callable[[], float]
+
+    def __post_init__(self) -> None:
         self._flights: Flights[AppConfigData] = Flights()
 
     async def resolve(
         self, user_id: UUID, names: Sequence[str], loader: Loader, shared: SharedLoader | None
     ) -> dict[str, AppConfigData]:
-        local = self._local
+        local = self.local
         domain = local.domains.get(user_id)
         waits: list[tuple[str, asyncio.Future[AppConfigData]]] = []
         lead: list[str] = []
@@ -83,7 +74,7 @@ class ReadPath:
             flight = self._flights.get((user_id, name))
             # A read that starts after an invalidation must not join an older flight (I2).
             if flight is not None and not local.stale_since(flight.since, user_id, name, domain):
-                self._stats.flights_joined += 1
+                self.stats.flights_joined += 1
                 waits.append((name, flight.future))
             else:
                 lead.append(name)
@@ -96,7 +87,7 @@ class ReadPath:
                 await self._lead(user_id, started, loader, version, shared)
                 return {name: flight.future.result() for name, flight in started}
             waits.extend((name, flight.future) for name, flight in started)
-            self._background.spawn(self._lead(user_id, started, loader, version, shared))
+            self.background.spawn(self._lead(user_id, started, loader, version, shared))
         return {
             name: await self._join(user_id, name, future, loader, shared) for name, future in waits
         }
@@ -150,38 +141,38 @@ class ReadPath:
         found: dict[str, AppConfigData] = {}
         # L1 entries that expired, or that only a shared write made stale, may still
         # serve with one batched read of the generations (neither with Valkey unusable).
-        if self._local.maxsize and not self._bumps.pending and self._remote.available():
-            found = await self._renewal.renew_expired(user_id, names)
+        if self.local.maxsize and not self.bumps.pending and self.remote.available():
+            found = await self.renewal.renew_expired(user_id, names)
             if shared is not None and len(found) < len(names):
                 rest = [name for name in names if name not in found]
-                found.update(await self._recomposer.from_l1(user_id, rest, version, shared))
+                found.update(await self.recomposer.from_l1(user_id, rest, version, shared))
             names = [name for name in names if name not in found]
             if not names:
                 return found
         plan: FillPlan | None = None
-        if await self._bumps.catch_up():
-            looked = await self._lookup.find(user_id, names, version, self._timer())
+        if await self.bumps.catch_up():
+            looked = await self.lookup.find(user_id, names, version, self.timer())
             if looked is not None:
                 found.update(looked.found)
                 missing = [name for name in names if name not in found]
                 if missing:
-                    plan = await self._lookup.plan(user_id, missing, looked)
+                    plan = await self.lookup.plan(user_id, missing, looked)
                 if plan is not None and shared is not None and looked.reusable:
                     found.update(
-                        await self._recomposer.from_envelopes(
+                        await self.recomposer.from_envelopes(
                             user_id, missing, looked, plan, version, shared
                         )
                     )
         else:
-            self._stats.l2_skipped += len(names)
+            self.stats.l2_skipped += len(names)
         missing = [name for name in names if name not in found]
         if not missing:
             return found
-        started = self._timer()
+        started = self.timer()
         loaded = await loader(user_id, missing)
-        self._stats.db_loads += 1
+        self.stats.db_loads += 1
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("db load user=%s names=%s", user_id, missing)
         found.update((name, loaded.views[name]) for name in missing)
-        self._store.put_loaded(user_id, missing, loaded, plan, version, started)
+        self.store.put_loaded(user_id, missing, loaded, plan, version, started)
         return found

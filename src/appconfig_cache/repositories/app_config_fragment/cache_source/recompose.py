@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 from uuid import UUID
 
@@ -44,30 +45,19 @@ class _Old(NamedTuple):
     had_user_scope: bool
 
 
+@dataclass(eq=False)
 class Recomposer:
     """Rebuilds views from old ones whose user part still holds."""
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        generations: ViewGenerations,
-        envelopes: EnvelopeReader[AppConfigData],
-        shared_parts: SharedParts,
-        renewal: Renewal,
-        store: Store,
-        stats: CacheStats,
-        timer: Callable[[], float],
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._generations = generations
-        self._envelopes = envelopes
-        self._shared_parts = shared_parts
-        self._renewal = renewal
-        self._store = store
-        self._stats = stats
-        self._timer = timer
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    generations: ViewGenerations
+    envelopes: EnvelopeReader[AppConfigData]
+    shared_parts: SharedParts
+    renewal: Renewal
+    store: Store
+    stats: CacheStats
+    timer: Callable[[], float]
 
     async def from_l1(
         self, user_id: UUID, names: list[str], version: int, load: SharedLoader
@@ -78,8 +68,8 @@ class Recomposer:
         fresh generation readings (a local write's bump is one). The pair is a view
         that existed if the user's generation still holds after that query.
         """
-        now = self._timer()
-        server = self._readings.epoch(now)
+        now = self.timer()
+        server = self.readings.epoch(now)
         if server is None:
             return {}
         olds: dict[str, _Old] = {}
@@ -89,11 +79,11 @@ class Recomposer:
         under: tuple[str, int, int, int] | None = None
         read_at, after = now, 0
         for name in names:
-            entry = self._local.stale_entry(user_id, name, now)
+            entry = self.local.stale_entry(user_id, name, now)
             if entry is None or entry.basis is None or entry.domain is None:
                 continue
             gens = entry.basis.gens
-            current = self._generations.current(name, entry.domain, gens.user, now)
+            current = self.generations.current(name, entry.domain, gens.user, now)
             # no fresh readings; or a public-scope invalidation (the operators' flush)
             # or a restart since the entry was made: the usual path
             if (
@@ -113,13 +103,13 @@ class Recomposer:
             return {}
         domain, user_gen, public, domain_gen = under
         plan = FillPlan(domain, public, fresh, domain_gen, user_gen, None, server, read_at)
-        parts = await self._shared_parts.get(domain, list(olds), plan, load, after=after)
-        confirmed = await self._renewal.user_gen_after(user_id, self._readings.next_request())
+        parts = await self.shared_parts.get(domain, list(olds), plan, load, after=after)
+        confirmed = await self.renewal.user_gen_after(user_id, self.readings.next_request())
         if confirmed is None or confirmed.value != user_gen:
             return {}  # the user wrote meanwhile (or no reading): the usual path
         plan = dataclasses.replace(plan, read_at=min(plan.read_at, confirmed.read_at))
         views = self._rebuild(user_id, olds, parts, plan, version)
-        self._stats.l1_recomposed += len(views)
+        self.stats.l1_recomposed += len(views)
         return views
 
     async def from_envelopes(
@@ -152,27 +142,27 @@ class Recomposer:
         ]
         if not candidates:
             return {}
-        now = self._timer()
+        now = self.timer()
         # The user part has held since looked.user_since: a shared reading requested
         # after that describes a moment when both held. Older ones (say, from before
         # a shared write that came before the user's) are read again.
         gen_keys = shared_gen_keys([c.name for c in candidates], domain or None)
-        stale = self._generations.stale(gen_keys, now, since=looked.user_since)
-        if stale and not await self._generations.fetch(stale, now):
+        stale = self.generations.stale(gen_keys, now, since=looked.user_since)
+        if stale and not await self.generations.fetch(stale, now):
             return {}
         fresh: dict[str, int | None] = {}
         olds: dict[str, _Old] = {}
         public, domain_gen, read_at = 0, 0, plan.read_at
         for candidate in candidates:
             name, header = candidate.name, candidate.header
-            current = self._generations.current(name, domain, plan.user, now)
+            current = self.generations.current(name, domain, plan.user, now)
             if (
                 current is None
                 or current.gens.public != header.gens.public
-                or self._readings.epoch(now) != server
+                or self.readings.epoch(now) != server
             ):
                 continue
-            old = self._envelopes.value(user_id, name, candidate.raw, header)
+            old = self.envelopes.value(user_id, name, candidate.raw, header)
             if old is not None:
                 fresh[name] = current.gens.name
                 olds[name] = _Old(old, bool(header.user_scope))
@@ -183,9 +173,9 @@ class Recomposer:
         plan = FillPlan(
             domain, public, fresh, domain_gen, plan.user, plan.user_domain, server, read_at
         )
-        parts = await self._shared_parts.get(domain, list(olds), plan, load)
+        parts = await self.shared_parts.get(domain, list(olds), plan, load)
         views = self._rebuild(user_id, olds, parts, plan, version)
-        self._stats.recomposed += len(views)
+        self.stats.recomposed += len(views)
         return views
 
     def _rebuild(
@@ -209,7 +199,7 @@ class Recomposer:
             chains[name] = part.chain
         if views:
             # L1: local_ttl after the oldest reading used (the lookup's or a shared one).
-            self._store.put_computed(
+            self.store.put_computed(
                 user_id, views, chains, plan.domain, plan, version, plan.read_at
             )
         return views

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from uuid import UUID
 
 from ....tiered import keys
@@ -29,32 +30,25 @@ from .generations import ViewGenerations
 _REFRESH_BATCH = 1000
 
 
+@dataclass(eq=False)
 class Renewal:
     """The background refresh of due generations, and the reads that wait for it."""
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        generations: ViewGenerations,
-        bumps: Bumps,
-        remote: Remote,
-        background: Background,
-        stats: CacheStats,
-        timer: Callable[[], float],
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._generations = generations
-        self._bumps = bumps
-        self._remote = remote
-        self._stats = stats
-        self._timer = timer
-        self._refresh = Slot(background, self._refresh_due)
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    generations: ViewGenerations
+    bumps: Bumps
+    remote: Remote
+    background: Background
+    stats: CacheStats
+    timer: Callable[[], float]
+
+    def __post_init__(self) -> None:
+        self._refresh = Slot(self.background, self._refresh_due)
 
     def after_hit(self) -> None:
         """An L1 hit happened: start the refresh if a hit put a user on ``due``."""
-        if self._local.due and self._refresh.running is None:
+        if self.local.due and self._refresh.running is None:
             self._start()
 
     def _start(self) -> asyncio.Task[None] | None:
@@ -64,19 +58,19 @@ class Renewal:
             return None
 
     async def _refresh_due(self) -> None:
-        local = self._local
+        local = self.local
         try:
             await asyncio.sleep(0)  # let the hits of this loop iteration join the batch
             while local.due:
-                if self._bumps.pending or not self._remote.available():
+                if self.bumps.pending or not self.remote.available():
                     break
-                now = self._timer()
+                now = self.timer()
                 gen_keys = [keys.user_gen_key(u) for u in local.take_due(_REFRESH_BATCH)]
-                gen_keys += self._readings.shared_due(now)
-                epoch = self._readings.epoch_due(now)
-                if not await self._generations.fetch(gen_keys, now, epoch=epoch):
+                gen_keys += self.readings.shared_due(now)
+                epoch = self.readings.epoch_due(now)
+                if not await self.generations.fetch(gen_keys, now, epoch=epoch):
                     break  # the entries expire instead; nothing else depends on it
-                self._stats.gen_refreshes += 1
+                self.stats.gen_refreshes += 1
         finally:
             local.due.clear()
 
@@ -87,14 +81,14 @@ class Renewal:
         are renewed as the background would have (I4 as for any renewal). If a
         generation moved, the usual path.
         """
-        local = self._local
-        now = self._timer()
+        local = self.local
+        now = self.timer()
         expired = [name for name in names if local.expired_entry(user_id, name, now) is not None]
         if not expired:
             return {}
-        if await self.user_gen_after(user_id, self._readings.next_request()) is None:
+        if await self.user_gen_after(user_id, self.readings.next_request()) is None:
             return {}
-        now = self._timer()
+        now = self.timer()
         out: dict[str, AppConfigData] = {}
         for name in expired:
             # again: an invalidation may have come while the read was waiting
@@ -112,14 +106,14 @@ class Renewal:
         a refresh that stops early (breaker open, bumps pending) leaves it unread.
         """
         key = keys.user_gen_key(user_id)
-        reading = self._readings.get(key, self._timer())
+        reading = self.readings.get(key, self.timer())
         if reading is None or reading.request <= request:
-            self._local.due[user_id] = None
+            self.local.due[user_id] = None
             refreshing = self._start()
             if refreshing is None:
                 return None
             await asyncio.wait([refreshing])  # neither cancels it nor raises its error
-            reading = self._readings.get(key, self._timer())
+            reading = self.readings.get(key, self.timer())
         if reading is None or reading.request <= request:
             return None
         return reading

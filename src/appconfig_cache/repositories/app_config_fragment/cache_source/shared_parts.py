@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from cachetools import LRUCache
@@ -38,12 +39,14 @@ class _Kept(NamedTuple):
     request: int
 
 
+@dataclass(eq=False)
 class SharedParts:
     """Shared parts by ``(domain, name)``, each under the generations it was read at."""
 
-    def __init__(self, readings: Readings, stats: CacheStats) -> None:
-        self._readings = readings
-        self._stats = stats
+    readings: Readings
+    stats: CacheStats
+
+    def __post_init__(self) -> None:
         self._kept: LRUCache[tuple[str, str], _Kept] = LRUCache(maxsize=_SHARED_PARTS)
         self._flights: Flights[SharedPart | None] = Flights()
 
@@ -65,7 +68,7 @@ class SharedParts:
         waits: list[tuple[str, asyncio.Future[SharedPart | None]]] = []
         lead: dict[str, tuple[SharedTag, Flight[SharedPart | None]]] = {}
         flights = self._flights
-        request = self._readings.next_request()
+        request = self.readings.next_request()
         for name in names:
             tag = SharedTag(plan.public, plan.names[name], plan.domain_gen, plan.epoch)
             kept = self._kept.get((domain, name))
@@ -94,8 +97,8 @@ class SharedParts:
         flights = self._flights
         try:
             loaded = await load(None if domain == keys.NO_DOMAIN else domain, list(lead))
-            self._stats.db_loads += 1
-            self._stats.shared_loads += 1
+            self.stats.db_loads += 1
+            self.stats.shared_loads += 1
         except BaseException as exc:
             for _tag, flight in lead.values():
                 settle(flight.future, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import KW_ONLY, dataclass
 from uuid import UUID
 
 from ....tiered import keys
@@ -16,6 +17,7 @@ from ..db_source import LoadedViews
 from .generations import FillPlan
 
 
+@dataclass(eq=False)
 class Store:
     """Puts views in L1 now and their envelopes on the fill queue.
 
@@ -24,24 +26,14 @@ class Store:
     correctness (I3). Without a plan (Valkey unusable) a view goes to L1 only.
     """
 
-    def __init__(
-        self,
-        local: LocalTier[AppConfigData],
-        readings: Readings,
-        envelopes: EnvelopeReader[AppConfigData],
-        fills: FillQueue,
-        stats: CacheStats,
-        *,
-        local_ttl: float,
-        max_value_bytes: int,
-    ) -> None:
-        self._local = local
-        self._readings = readings
-        self._envelopes = envelopes
-        self._fills = fills
-        self._stats = stats
-        self._local_ttl = local_ttl
-        self._max_value_bytes = max_value_bytes
+    local: LocalTier[AppConfigData]
+    readings: Readings
+    envelopes: EnvelopeReader[AppConfigData]
+    fills: FillQueue
+    stats: CacheStats
+    _: KW_ONLY
+    local_ttl: float
+    max_value_bytes: int
 
     def keep_hit(
         self,
@@ -56,7 +48,7 @@ class Store:
         user_scope: bool | None,
     ) -> None:
         """A current envelope's view, read from Valkey."""
-        self._local.put(
+        self.local.put(
             user_id, name, view, domain, version, expires, basis,
             request=request, user_scope=user_scope,
         )  # fmt: skip
@@ -72,12 +64,12 @@ class Store:
     ) -> None:
         """Views of a DB load, which also told the user's domain."""
         domain = loaded.domain or keys.NO_DOMAIN
-        self._local.domains[user_id] = domain
+        self.local.domains[user_id] = domain
         sets = self._put(user_id, names, loaded, domain, plan, version, started)
         if plan is not None and plan.user_domain != domain:
             sets.append((keys.user_domain_key(user_id), domain.encode()))
         if sets:
-            self._fills.add(sets)
+            self.fills.add(sets)
 
     def put_computed(
         self,
@@ -99,7 +91,7 @@ class Store:
         )
         sets = self._put(user_id, list(views), loaded, domain, plan, version, started)
         if sets:
-            self._fills.add(sets)
+            self.fills.add(sets)
 
     def _put(
         self,
@@ -112,8 +104,8 @@ class Store:
         started: float,
     ) -> list[tuple[str, bytes]]:
         """Put each view with a policy in L1; return the envelopes to write."""
-        expires = started + self._local_ttl
-        request = self._readings.next_request()
+        expires = started + self.local_ttl
+        request = self.readings.next_request()
         # the plan's generations fit only views of the domain it was read for
         server = None if plan is None or plan.domain != domain else plan.epoch
         sets: list[tuple[str, bytes]] = []
@@ -122,27 +114,27 @@ class Store:
                 continue  # never cache a name without a policy
             view = loaded.views[name]
             data_json = view.__pydantic_serializer__.to_json(view)  # bytes: the size is real
-            if len(data_json) > self._max_value_bytes:
-                self._stats.oversize_values += 1
-                self._stats.fills_skipped += 1
+            if len(data_json) > self.max_value_bytes:
+                self.stats.oversize_values += 1
+                self.stats.fills_skipped += 1
                 continue
             gens = None if plan is None or server is None else plan.gens(name)
             basis = None if gens is None or server is None else Basis(gens, server)
             user_scope = _has_user_scope(loaded.chains.get(name))
-            self._local.put(
+            self.local.put(
                 user_id, name, view, domain, version, expires, basis,
                 request=request, user_scope=user_scope,
             )  # fmt: skip
             if plan is None:
                 continue
             if basis is None or domain is None:
-                self._stats.fills_skipped += 1
+                self.stats.fills_skipped += 1
                 continue
             envelope = encode_envelope(
                 user_id, name, domain, basis.gens, basis.server, data_json, user_scope
             )
             sets.append((keys.merged_key(user_id, name), envelope))
-            self._envelopes.remember(user_id, name, envelope, view)
+            self.envelopes.remember(user_id, name, envelope, view)
         return sets
 
 
