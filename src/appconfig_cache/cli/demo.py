@@ -8,7 +8,9 @@ import json
 import random
 import sys
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ._common import (
@@ -206,18 +208,75 @@ class _Say:
 
 
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
+    from .report import summarize
+
+    async with demo_session(args) as session:
+        results = []
+        for mode, label in MODES:
+            if mode in args.modes:
+                results.append((await session.run(mode, label), mode == "l1_valkey"))
+    return summarize(results, session.setup)
+
+
+@dataclass
+class DemoSession:
+    """The servers, the seeded organisation and the planned workload, ready for modes."""
+
+    args: argparse.Namespace
+    valkey_url: str
+    engine: Any
+    oracle: Any
+    workload: Any
+    bars: bool
+    setup: dict[str, Any]
+
+    async def run(self, mode: str, label: str) -> Any:
+        """Replay the workload in one mode (each mode starts cold); its ``ModeResult``."""
+        from ..repositories.app_config_fragment import AppConfigFragmentCacheSource
+        from ..types import AppConfigScopeType
+        from .workload import PausableClock, run_mode
+
+        args, workload = self.args, self.workload
+        cache = client = warmup_cache = None
+        clock = PausableClock()
+        if mode != "db_only":
+            client = valkey_client_for(self.valkey_url, max_connections=args.concurrency + 16)
+            # Start every cached mode cold: nothing the previous mode cached matches.
+            # The warm-up then goes through another cache source (another process).
+            warmup_cache = AppConfigFragmentCacheSource(client, local_maxsize=0)
+            await warmup_cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
+            local = 0 if mode == "valkey_only" else args.local_maxsize
+            cache = AppConfigFragmentCacheSource(
+                client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock
+            )
+        steps = workload.reads + (workload.warmup_reads if warmup_cache else 0)
+        bar = Progress(label, steps, enabled=self.bars)
+        try:
+            return await run_mode(
+                mode, label, self.engine, self.oracle, cache, workload,
+                concurrency=args.concurrency, warmup_cache=warmup_cache, clock=clock,
+                on_progress=bar.advance,
+            )  # fmt: skip
+        finally:
+            bar.close()
+            for source in (cache, warmup_cache):
+                if source is not None:
+                    await source.aclose()
+            if client is not None:
+                await client.aclose()
+
+
+@asynccontextmanager
+async def demo_session(args: argparse.Namespace) -> AsyncIterator[DemoSession]:
+    """Start (or reach) the servers, seed the organisation and plan the workload."""
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from ..embedded import EmbeddedServerError, embedded_postgres, embedded_valkey
     from ..models import create_schema
-    from ..repositories.app_config_fragment import (
-        AppConfigFragmentCacheSource,
-        AppConfigFragmentRepository,
-    )
-    from ..types import AppConfigScopeType
+    from ..repositories.app_config_fragment import AppConfigFragmentRepository
     from .seed import POLICIES, plan_org, seed_org, seed_size
-    from .workload import PausableClock, plan_workload, run_mode
+    from .workload import plan_workload
 
     sizes = QUICK if args.quick else DEFAULTS
     n_domains = args.domains or sizes["domains"]
@@ -289,67 +348,22 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         workload = plan_workload(
             org, n_requests, args.concurrency, rng, admin_events=args.admin_events
         )
+        setup = {
+            "seed": args.seed,
+            "quick": bool(args.quick),
+            "concurrency": args.concurrency,
+            "requests_per_mode": n_requests,
+            "warmup_logins_per_mode": workload.warmup_reads,
+            "sizes": {
+                "domains": n_domains,
+                "users": n_users,
+                "names": len(org.names),
+                "fragments": len(org.fragments),
+            },
+            "servers": {"valkey": valkey_where, "postgresql": db_where},
+            "admin_events": args.admin_events,
+            "cache_settings": {"local_maxsize": args.local_maxsize, "local_ttl": args.local_ttl},
+            "seed_seconds": seed_seconds,
+        }
         oracle = AppConfigFragmentRepository(oracle_engine)
-
-        results = []
-        for mode, label in MODES:
-            if mode not in args.modes:
-                continue
-            cache = None
-            client = None
-            clock = PausableClock()
-            warmup_cache = None
-            if mode != "db_only":
-                client = valkey_client_for(valkey_url, max_connections=args.concurrency + 16)
-                # Start every cached mode cold: nothing the previous mode cached matches.
-                # The warm-up then goes through another cache source (another process).
-                warmup_cache = AppConfigFragmentCacheSource(client, local_maxsize=0)
-                await warmup_cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
-                local = 0 if mode == "valkey_only" else args.local_maxsize
-                cache = AppConfigFragmentCacheSource(
-                    client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock
-                )
-            steps = workload.reads + (workload.warmup_reads if warmup_cache else 0)
-            bar = Progress(label, steps, enabled=bars)
-            try:
-                result = await run_mode(
-                    mode,
-                    label,
-                    engine,
-                    oracle,
-                    cache,
-                    workload,
-                    concurrency=args.concurrency,
-                    warmup_cache=warmup_cache,
-                    clock=clock,
-                    on_progress=bar.advance,
-                )
-            finally:
-                bar.close()
-                for source in (cache, warmup_cache):
-                    if source is not None:
-                        await source.aclose()
-                if client is not None:
-                    await client.aclose()
-            results.append((result, mode == "l1_valkey"))
-
-    from .report import summarize
-
-    setup = {
-        "seed": args.seed,
-        "quick": bool(args.quick),
-        "concurrency": args.concurrency,
-        "requests_per_mode": n_requests,
-        "warmup_logins_per_mode": workload.warmup_reads,
-        "sizes": {
-            "domains": n_domains,
-            "users": n_users,
-            "names": len(org.names),
-            "fragments": len(org.fragments),
-        },
-        "servers": {"valkey": valkey_where, "postgresql": db_where},
-        "admin_events": args.admin_events,
-        "cache_settings": {"local_maxsize": args.local_maxsize, "local_ttl": args.local_ttl},
-        "seed_seconds": seed_seconds,
-    }
-    return summarize(results, setup)
+        yield DemoSession(args, valkey_url, engine, oracle, workload, bars, setup)
