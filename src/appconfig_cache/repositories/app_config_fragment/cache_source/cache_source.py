@@ -998,8 +998,11 @@ class AppConfigFragmentCacheSource:
 
     async def drain(self) -> None:
         """Wait until background loads and fills have finished (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        # Wait only for unfinished tasks: a finished one leaves the set by a done-callback
+        # that needs a turn of the loop, and since Python 3.12 gather() of finished tasks
+        # returns without yielding one, so `while self._tasks: await gather(...)` spun.
+        while pending := [task for task in self._tasks if not task.done()]:
+            await asyncio.wait(pending)
 
     async def _l2_ready(self) -> bool:
         """May Valkey be used now? Pending generation bumps must land first."""
