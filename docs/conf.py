@@ -6,7 +6,7 @@ import appconfig_cache
 
 project = "appconfig-cache"
 author = "the appconfig-cache authors"
-copyright = "the appconfig-cache authors"  # noqa: A001 (the name Sphinx reads)
+copyright = "the appconfig-cache authors"
 release = appconfig_cache.__version__
 version = release
 
