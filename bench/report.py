@@ -9,6 +9,11 @@ passes its pytest arguments after ``--pytest-args``: when they disable the
 benchmarks, or run them without saving, there is no new run and nothing is
 written.
 
+The figures must describe committed code: it refuses to write when the run was
+made at another commit than HEAD, or when the work tree has changes other than
+the files it writes, unless given ``--allow-dirty`` (the Machine table then says
+"with uncommitted changes").
+
 Every benchmark stores ``extra_info["key"]`` and ``extra_info["ops_per_round"]``;
 a per-op time is the round's median divided by ``ops_per_round``.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -269,7 +275,7 @@ def targets(run: Run) -> list[list[str]]:
 # -- the document ------------------------------------------------------------------------------
 
 
-def machine_section(run: Run) -> str:
+def machine_section(run: Run, uncommitted: bool = False) -> str:
     m = run.data.get("machine_info", {})
     versions = m.get("package_versions", {})
     servers = m.get("server_versions", {})
@@ -297,7 +303,7 @@ def machine_section(run: Run) -> str:
         )
         rows.append([f"{name} server", f"{version} ({where}, same machine)"])
     if commit.get("id"):
-        dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
+        dirty = " (with uncommitted changes)" if uncommitted else ""
         rows.append(["Commit", f"{commit['id'][:12]}{dirty}"])
     rows.append(["Packages", ", ".join(f"{k} {v}" for k, v in versions.items())])
     return table(["Item", "Value"], rows)
@@ -537,7 +543,7 @@ def chart(run: Run, png: Path) -> bool:
     return True
 
 
-def render(run: Run, png: Path, rst: Path) -> str:
+def render(run: Run, png: Path, rst: Path, uncommitted: bool = False) -> str:
     has_chart = chart(run, png)
     image = ""
     if has_chart:
@@ -593,7 +599,7 @@ def render(run: Run, png: Path, rst: Path) -> str:
         "loop; a per-op time is the round's time divided by *N*. Floors, our read path "
         "and the peers use the same loop shape.\n",
         heading("Machine", "-"),
-        machine_section(run) + "\n",
+        machine_section(run, uncommitted) + "\n",
         image,
     ]
     for title, intro, body in sections:
@@ -621,6 +627,54 @@ def render(run: Run, png: Path, rst: Path) -> str:
     return text
 
 
+# -- the source of the run -----------------------------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    """The output of ``git args`` in this repository; None without git or a work tree."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
+
+
+def uncommitted_files(outputs: list[Path]) -> list[str] | None:
+    """Files that differ from HEAD (tracked ones, and new ones under src/ and bench/),
+    except ``outputs``; None outside a git work tree.
+
+    The outputs are left out because a report not committed yet would otherwise
+    make every later run "dirty" (pytest-benchmark asks ``git describe --dirty``).
+    """
+    tracked = _git("diff", "--name-only", "HEAD", "--")
+    new = _git("ls-files", "--others", "--exclude-standard", "--", "src", "bench")
+    if tracked is None or new is None:
+        return None
+    ours = {path.resolve() for path in outputs}
+    names = [*tracked.splitlines(), *new.splitlines()]
+    return [name for name in names if name and (ROOT / name).resolve() not in ours]
+
+
+def source_problems(run: Run, outputs: list[Path]) -> list[str]:
+    """Why the run may not stand for the committed code; empty when it does."""
+    head = _git("rev-parse", "HEAD")
+    changed = uncommitted_files(outputs)
+    if head is None or changed is None:
+        return ["this is not a git work tree (or git is missing): the run's source is unknown"]
+    problems = []
+    made_at = run.data.get("commit_info", {}).get("id") or "unknown"
+    if made_at != head:
+        problems.append(f"the run was made at commit {made_at[:12]}, HEAD is {head[:12]}")
+    if changed:
+        shown = ", ".join(changed[:8]) + (
+            f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        )
+        problems.append(f"the work tree has uncommitted changes: {shown}")
+    return problems
+
+
 def newest_json() -> Path | None:
     files = sorted((ROOT / ".benchmarks").glob("**/*.json"), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else None
@@ -631,6 +685,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", nargs="?", type=Path, help="a pytest-benchmark JSON file")
     parser.add_argument("--rst", type=Path, default=DEFAULT_RST)
     parser.add_argument("--png", type=Path, default=DEFAULT_PNG)
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write even if the run does not come from the committed code at HEAD",
+    )
     parser.add_argument(
         "--pytest-args",
         nargs=argparse.REMAINDER,
@@ -649,7 +708,21 @@ def main(argv: list[str] | None = None) -> int:
         print("report.py: no .benchmarks/**/*.json found; run tox -e bench", file=sys.stderr)
         return 1
     run = Run(json.loads(path.read_text(encoding="utf-8")), path)
-    render(run, args.png, args.rst)
+    problems = source_problems(run, [args.rst, args.png])
+    if problems and not args.allow_dirty:
+        print(
+            f"report.py: not writing {args.rst}: published figures must come from a run of "
+            "the committed code, and this one does not:",
+            *(f"  - {problem}" for problem in problems),
+            "Commit (or stash) the changes and run `tox -e bench` again, or run "
+            f"`python bench/report.py {path} --allow-dirty` to write it anyway "
+            '(the Machine table then says "with uncommitted changes").',
+            sep="\n",
+            file=sys.stderr,
+        )
+        return 1
+    uncommitted = bool(problems) and bool(run.data.get("commit_info", {}).get("dirty", True))
+    render(run, args.png, args.rst, uncommitted=uncommitted)
     print(f"report.py: wrote {args.rst} and {args.png} from {path}")
     for row in targets(run):
         print("  " + " | ".join(row))
