@@ -109,14 +109,17 @@ def text_summary(result: dict[str, Any]) -> str:
     shown = "n/a (nothing checked)" if nines is None else f"{nines:g}"
     if nines is not None and result["nines_lower_bound"]:
         shown = f">= {shown} (no inconsistency in {result['checked']:,} checks)"
+    rows = [
+        ("checked", f"{result['checked']:,}"),
+        ("consistent", f"{result['consistent']:,}"),
+        ("cleared (write in flight)", f"{result['cleared']:,}"),
+        ("confirmed inconsistent", f"{result['confirmed_inconsistent']:,}"),
+        ("not served (outdated)", f"{result['not_served']:,}"),
+        ("nines", shown),
+    ]
     lines = [
         f"envelopes in {result['valkey']}: {result['envelopes']:,} (sampled {result['sampled']:,})",
-        f"  checked                 {result['checked']:>10,}",
-        f"  consistent              {result['consistent']:>10,}",
-        f"  mismatched, then cleared{result['cleared']:>10,}",
-        f"  confirmed inconsistent  {result['confirmed_inconsistent']:>10,}",
-        f"  not served (outdated)   {result['not_served']:>10,}",
-        f"  nines                   {shown:>10}",
+        *(f"  {label:<27}{figure}" for label, figure in rows),
     ]
     for bad in result["inconsistent"]:
         lines.append(f"inconsistent: user {bad['user_id']} name {bad['name']}")
