@@ -264,6 +264,10 @@ class ConsistencyMonitor:
         new, self._hits_seen = hits - self._hits_seen, hits
         expected = new * self.sample_fraction
         k = int(expected) + (self._rng.random() < expected - int(expected))
+        room = self.max_pending - len(self._first) - len(self._second)
+        if k > room:
+            self._figures.skipped["dropped"] += k - max(room, 0)
+            k = room
         for user_id, name in self.cache.sample_local_keys(k, self._rng):
             self._add(user_id, name, now)
 
