@@ -66,9 +66,10 @@ async def test_check_passes_on_a_consistent_cache(
     assert result["checked"] + result["not_served"] == result["sampled"]
     assert result["nines_lower_bound"] is True
 
-    text = await run_cli(*args, "--window", "0")
+    text = await run_cli(*args, "--window", "0", "--progress")
     assert text.returncode == 0, text.stderr
     assert "confirmed inconsistent" in text.stdout and "nines" in text.stdout
+    assert "checking" in text.stderr and "100.0%" in text.stderr  # the progress bar
 
 
 async def test_check_confirms_a_view_changed_behind_the_cache_and_exits_1(

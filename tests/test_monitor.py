@@ -16,6 +16,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 import valkey.asyncio as valkey_asyncio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import (
@@ -25,6 +27,7 @@ from appconfig_cache import (
     MyFragmentInput,
 )
 from appconfig_cache.consistency import ConsistencyMonitor, nines
+from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import domain_fragment, user_fragment
@@ -132,6 +135,10 @@ async def test_monitor_confirms_a_view_changed_behind_the_cache(
     await repo.app_config(victim, "theme")  # from Valkey (and into L1)
     clock = FakeClock()
     monitor = monitor_for(cache, engine, clock)
+    collector = AppConfigCacheCollector()
+    collector.add(cache, "main", monitor=monitor)
+    registry = CollectorRegistry()
+    registry.register(collector)
     try:
         await change_behind_the_cache(engine, victim)
         # reads the monitor samples: a hit in L1, or a miss that Valkey answers
@@ -143,6 +150,11 @@ async def test_monitor_confirms_a_view_changed_behind_the_cache(
             assert monitor.figures().confirmed == 0
             await pass_window(monitor, clock)  # second check: still served, confirmed
         figures = monitor.figures()
+        scraped = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode())
+            for sample in family.samples
+        }
     finally:
         await monitor.aclose()
         await cache.aclose()
@@ -153,6 +165,10 @@ async def test_monitor_confirms_a_view_changed_behind_the_cache(
     assert len(logged) == 1
     assert str(victim) in logged[0] and "name=theme" in logged[0] and f"tier={tier}" in logged[0]
     assert "secret-value" not in caplog.text
+    # the collector exports the monitor's figures
+    labels = (("cache", "main"), ("tier", tier))
+    assert scraped[("appconfig_cache_monitor_inconsistencies_total", labels)] == 1
+    assert scraped[("appconfig_cache_monitor_nines", (("cache", "main"),))] == figures.nines
 
 
 class Writes:
