@@ -26,7 +26,9 @@ html_static_path = ["_static"]
 # or private modules of this package.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:(class|obj)", r"(uuid|datetime|enum|logging|collections\.abc|typing)\..*"),
-    ("py:(class|obj)", r"(pydantic|sqlalchemy)\..*"),
+    ("py:(class|obj)", r"(uuid|datetime|enum|logging|collections\.abc|typing|random)\..*"),
+    ("py:(class|obj)", r"(pydantic|sqlalchemy|prometheus_client)\..*"),
+    # autodoc splits a dataclass field's "dict[str, int]" at the comma
+    ("py:class", r"dict\[str"),
     ("py:(class|obj)", r"appconfig_cache\.(types|tiered|repositories|logs)\..*"),
 ]

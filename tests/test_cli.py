@@ -46,6 +46,7 @@ MODE_KEYS = {
     "oracle_db_reads",
     "stale_examples",
     "cache_stats",
+    "monitor",
 }
 
 
@@ -149,6 +150,10 @@ def check_demo_summary(summary: dict[str, Any]) -> None:
     assert 0 <= valkey_only["l2_hit_rate"] <= 1
     assert 0 < l1["l1_hit_rate"] <= 1
     assert valkey_only["cache_stats"]["l1_hits"] == 0
+    # the consistency monitor runs in the L1 + Valkey mode only, at its default sampling
+    assert db["monitor"] is None and valkey_only["monitor"] is None
+    assert l1["monitor"]["confirmed"] == 0 and l1["monitor"]["pending"] == 0
+    assert l1["monitor"]["sample_fraction"] == 0.01
     # Every DB-only read is a query; the caches answer most reads without one.
     assert db["db_queries"] >= db["requests"]
     assert l1["db_queries"] < db["db_queries"]

@@ -138,6 +138,15 @@ def add_parser(commands: Any) -> None:
         ),
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.add_argument(
+        "--metrics-port",
+        type=_port_arg,
+        metavar="N",
+        help=(
+            "serve Prometheus metrics of the cached modes on http://127.0.0.1:N/metrics while "
+            "the demo runs (needs the 'prometheus' extra)"
+        ),
+    )
     p.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
     p.add_argument(
         "--progress",
@@ -155,6 +164,13 @@ def _modes_arg(text: str) -> list[str]:
     return [mode for mode in known if mode in chosen]  # always in the demo's order
 
 
+def _port_arg(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (1-65535), got {text}")
+    return port
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -164,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
         from .report import check_plot_available
 
         check_plot_available()
+    if args.metrics_port is not None and importlib.util.find_spec("prometheus_client") is None:
+        raise CliError(
+            "--metrics-port needs the 'prometheus' extra (prometheus_client is missing): "
+            "python -m pip install 'appconfig-cache[prometheus]'"
+        )
     if args.valkey_url:
         valkey_client_for(args.valkey_url)  # a bad URL is a usage error, before any work
     if args.database_url:
@@ -229,6 +250,10 @@ class DemoSession:
     workload: Any
     bars: bool
     setup: dict[str, Any]
+    #: the consistency monitor's own engine, so its queries are not the mode's
+    monitor_engine: Any = None
+    #: the Prometheus collector served on --metrics-port (None: not served)
+    collector: Any = None
 
     async def run(self, mode: str, label: str) -> Any:
         """Replay the workload in one mode (each mode starts cold); its ``ModeResult``."""
@@ -249,16 +274,28 @@ class DemoSession:
             cache = AppConfigFragmentCacheSource(
                 client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock
             )
+        monitor = None
+        if mode == "l1_valkey" and cache is not None and self.monitor_engine is not None:
+            monitor = DemoMonitor(cache, self.monitor_engine)
+        if self.collector is not None and cache is not None:
+            self.collector.add(cache, mode, monitor=None if monitor is None else monitor.monitor)
         steps = workload.reads + (workload.warmup_reads if warmup_cache else 0)
         bar = Progress(label, steps, enabled=self.bars)
         try:
-            return await run_mode(
+            if monitor is not None:
+                monitor.start()
+            result = await run_mode(
                 mode, label, self.engine, self.oracle, cache, workload,
                 concurrency=args.concurrency, warmup_cache=warmup_cache, clock=clock,
                 on_progress=bar.advance,
             )  # fmt: skip
+            if monitor is not None:
+                result.monitor = await monitor.finish()
+            return result
         finally:
             bar.close()
+            if monitor is not None:
+                await monitor.aclose()
             for source in (cache, warmup_cache):
                 if source is not None:
                     await source.aclose()
@@ -366,4 +403,81 @@ async def demo_session(args: argparse.Namespace) -> AsyncIterator[DemoSession]:
             "seed_seconds": seed_seconds,
         }
         oracle = AppConfigFragmentRepository(oracle_engine)
-        yield DemoSession(args, valkey_url, engine, oracle, workload, bars, setup)
+        monitor_engine = create_async_engine(
+            db_url, connect_args=settings, pool_size=2, max_overflow=0
+        )
+        stack.push_async_callback(monitor_engine.dispose)
+        collector = None
+        if args.metrics_port is not None:
+            collector = serve_metrics(args.metrics_port, stack)
+            say(f"serving Prometheus metrics on http://127.0.0.1:{args.metrics_port}/metrics")
+        yield DemoSession(
+            args, valkey_url, engine, oracle, workload, bars, setup, monitor_engine, collector
+        )
+
+
+def serve_metrics(port: int, stack: AsyncExitStack) -> Any:
+    """Serve a registry with one collector on ``127.0.0.1:port`` until the demo ends."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from ..metrics import AppConfigCacheCollector
+
+    collector = AppConfigCacheCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    except OSError as exc:
+        raise CliError(f"--metrics-port {port}: {one_line(exc)}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    stack.callback(stop)
+    return collector
+
+
+class DemoMonitor:
+    """The consistency monitor of the L1 + Valkey mode, at its default sampling.
+
+    Its clock is the real one plus a shift: when the mode ends every write has
+    returned (one process: its invalidations too), so the window has passed for
+    every sample, and :meth:`finish` moves the clock on instead of waiting.
+    """
+
+    def __init__(self, cache: Any, engine: Any) -> None:
+        from ..consistency import ConsistencyMonitor
+
+        self.shift = 0.0
+        self.started = time.monotonic()
+        self.monitor = ConsistencyMonitor(cache, engine, timer=self._now)
+
+    def _now(self) -> float:
+        return time.monotonic() + self.shift
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    async def finish(self) -> dict[str, Any]:
+        """Check what is pending (the rate limit still holds, in the shifted time); the
+        figures, with the DB queries per second of run time that the run's samples cost
+        (a long run is capped by ``max_db_loads_per_second``; the excess is dropped)."""
+        seconds = time.monotonic() - self.started
+        monitor = self.monitor
+        during_run = monitor.figures().db_loads
+        for _ in range(10_000):
+            if not monitor.figures().pending:
+                break
+            self.shift += 1.0 if self.shift else monitor.window
+            await monitor.run_once()
+        figures = monitor.figures().as_dict()
+        figures["run_seconds"] = seconds
+        figures["db_loads_during_run"] = during_run
+        figures["db_queries_per_s"] = figures["db_loads"] / seconds if seconds > 0 else 0.0
+        figures["sample_fraction"] = monitor.sample_fraction
+        return figures
+
+    async def aclose(self) -> None:
+        await self.monitor.aclose()

@@ -26,7 +26,7 @@ from ._common import (
     valkey_client_for,
 )
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "scan_cache_keys"]
 
 INVALIDATE_DESCRIPTION = """\
 Invalidate the cached merged views of one user, one domain, everything under the public
@@ -212,6 +212,12 @@ def _int_or_none(raw: Any) -> int | None:
 # -- stats ---------------------------------------------------------------------------------
 
 
+async def scan_cache_keys(client: Any) -> AsyncIterator[bytes]:
+    """Every key under the library's fixed prefix, by SCAN in batches of about 1,000."""
+    async for key in client.scan_iter(match=_SCAN_MATCH, count=1000):
+        yield key
+
+
 def _kind(key: bytes) -> str:
     rest = key[len(cache_keys.PREFIX) :]
     if rest.startswith(b"merged:"):
@@ -268,7 +274,7 @@ async def _stats(client: Any, args: argparse.Namespace) -> dict[str, Any]:
         # One reservoir sample per kind, so a kind with few keys is still measured.
         samples: dict[str, list[bytes]] = {kind: [] for kind in _KINDS}
         rng = random.Random()
-        async for key in client.scan_iter(match=_SCAN_MATCH, count=1000):
+        async for key in scan_cache_keys(client):
             kind = _kind(key)
             counts[kind] += 1
             if kind == "gen":

@@ -52,6 +52,7 @@ def mode_figures(result: ModeResult, *, l1_enabled: bool) -> dict[str, Any]:
         "oracle_db_reads": result.oracle_db_reads,
         "stale_examples": result.stale_examples,
         "cache_stats": stats,
+        "monitor": result.monitor,
     }
 
 
@@ -113,8 +114,22 @@ def text_report(summary: dict[str, Any]) -> str:
     for m in summary["modes"]:
         for example in m["stale_examples"]:
             lines.append(f"  STALE in {m['label']}: {example}")
+    for m in summary["modes"]:
+        if m.get("monitor"):
+            lines.append(_monitor_line(m["label"], m["monitor"]))
     lines.append("OK: 0 stale reads" if summary["ok"] else "FAIL: stale reads were served")
     return "\n".join(lines)
+
+
+def _monitor_line(label: str, m: dict[str, Any]) -> str:
+    nines = m["nines"]
+    shown = "n/a" if nines is None else (">= " if m["nines_lower_bound"] else "") + f"{nines:g}"
+    return (
+        f"consistency monitor ({label}, {m['sample_fraction']:g} sampled): "
+        f"{m['checked']:,} checked, {m['confirmed']} confirmed inconsistent, {shown} nines; "
+        f"{m['db_loads']:,} DB queries for the run's samples, "
+        f"{m['db_queries_per_s']:.2f}/s of run time"
+    )
 
 
 def _setup_lines(summary: dict[str, Any]) -> list[str]:

@@ -257,6 +257,8 @@ class ModeResult:
     oracle_db_reads: int = 0
     stale_examples: list[str] = field(default_factory=list)
     cache_stats: dict[str, Any] | None = None
+    #: the consistency monitor's figures (the L1 + Valkey mode only)
+    monitor: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -65,7 +65,7 @@ class Bumps:
 
     async def bump(self, gen_keys: list[str]) -> None:
         """INCR each generation now, with any pending ones; keep them pending on failure."""
-        self.stats.invalidations += len(gen_keys)
+        self._count(gen_keys)
         request = self.readings.next_request()
         if not self._remote.available():
             self._defer(gen_keys, request)
@@ -74,8 +74,17 @@ class Bumps:
 
     def later(self, gen_keys: list[str]) -> None:
         """Count the invalidation, and leave its bumps pending for the next read to replay."""
-        self.stats.invalidations += len(gen_keys)
+        self._count(gen_keys)
         self._defer(gen_keys, self.readings.next_request())
+
+    def _count(self, gen_keys: list[str]) -> None:
+        stats = self.stats
+        stats.invalidations += len(gen_keys)
+        for key in gen_keys:
+            parsed = keys.parse_gen_key(key)
+            if parsed is not None:
+                field = f"invalidations_{parsed.kind}"
+                setattr(stats, field, getattr(stats, field) + 1)
 
     async def catch_up(self) -> bool:
         """Replay pending bumps (if any); return whether Valkey may be used now."""

@@ -20,11 +20,12 @@ in one batch (see the cache source).
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from typing import Final, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from . import keys
 from .keys import Gens
@@ -260,6 +261,25 @@ class LocalTier(Generic[V]):
 
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)
+
+    def peek(self, user_id: UUID, name: str) -> Entry[V] | None:
+        """The entry :meth:`get` would serve now, untouched (no LRU move, no renewal)."""
+        entries = self._entries
+        if entries is None or (user_id, name) not in entries:
+            return None
+        # Cache.__getitem__, not LRUCache's: a look by the monitor must not count as a use.
+        entry: Entry[V] = Cache.__getitem__(entries, (user_id, name))
+        if self.stale_since(entry.version, user_id, name, entry.domain):
+            return None
+        return entry if self.timer() < entry.expires else None
+
+    def sample_keys(self, k: int, rng: random.Random) -> list[tuple[UUID, str]]:
+        """Up to ``k`` keys of L1 entries, chosen at random."""
+        entries = self._entries
+        if entries is None or k <= 0 or not entries:
+            return []
+        present = list(entries.keys())
+        return rng.sample(present, min(k, len(present)))
 
     # -- invalidation records -----------------------------------------------------
 

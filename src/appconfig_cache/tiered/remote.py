@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -145,6 +146,8 @@ class Remote:
         self._suspect_timeouts = 0
         #: called when Valkey looked unreachable (it may have restarted)
         self.on_unavailable: Callable[[], None] = lambda: None
+        #: given the seconds of each answered round trip (None: nothing is timed)
+        self.observe_round_trip: Callable[[float], None] | None = None
 
     def available(self) -> bool:
         return self.breaker.allow()
@@ -154,6 +157,8 @@ class Remote:
 
         Failures are classified, then re-raised.
         """
+        observe = self.observe_round_trip
+        started = time.perf_counter() if observe is not None else 0.0
         try:
             async with asyncio.timeout(self.timeout + extra_time):
                 result = await make()
@@ -177,6 +182,8 @@ class Remote:
             self.breaker.abandon()
             raise
         self.breaker.success()
+        if observe is not None:
+            observe(time.perf_counter() - started)
         return result
 
     def _suspect(self) -> None:

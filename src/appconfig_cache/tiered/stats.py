@@ -51,6 +51,12 @@ class CacheStats:
     #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)
     broadcast: str = "off"
     broadcast_received: int = 0
+    #: generation bumps (in ``invalidations`` too) by the kind of generation
+    invalidations_public: int = 0
+    invalidations_name: int = 0
+    invalidations_domain: int = 0
+    invalidations_user: int = 0
+    invalidations_policies: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

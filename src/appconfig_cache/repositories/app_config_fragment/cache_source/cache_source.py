@@ -11,6 +11,7 @@ collaborator that owns the state involved (``docs/design.rst`` has the map).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -88,10 +89,12 @@ class AppConfigFragmentCacheSource:
         self.client = valkey_client
         self.ttl, self.local_ttl, self.max_value_bytes = ttl, local_ttl, max_value_bytes
         self.wait_replicas = wait_replicas
+        self.local_maxsize, self.timeout, self.probe_timeout = local_maxsize, timeout, probe_timeout
         self._timer = timer
         self._parts = parts = compose(valkey_client, settings)
         # the L1 hit path reads these on every call: one attribute lookup each
         self._local, self._stats, self._renewal = parts.local, parts.stats, parts.renewal
+        self._on_miss: Callable[[UUID, Sequence[str]], None] | None = None
 
     # -- observability ------------------------------------------------------------
 
@@ -110,6 +113,33 @@ class AppConfigFragmentCacheSource:
 
     def local_size(self) -> int:
         return len(self._local)
+
+    def observe_latency(
+        self,
+        *,
+        valkey_round_trip: Callable[[float], None] | None = None,
+        db_load: Callable[[float], None] | None = None,
+    ) -> None:
+        """Hooks given the seconds of each answered Valkey round trip and of each DB load
+        (what ``appconfig_cache.metrics`` puts in histograms); None: nothing is timed.
+        An L1 hit never calls them."""
+        self._parts.remote.observe_round_trip = valkey_round_trip
+        self._parts.read_path.observe_db_load = db_load
+
+    def observe_misses(self, on_miss: Callable[[UUID, Sequence[str]], None] | None) -> None:
+        """``on_miss(user_id, names)`` on each read that missed L1, before it looks further
+        (the consistency monitor samples there); None: off. An L1 hit never calls it."""
+        self._on_miss = on_miss
+
+    def served_entry(self, user_id: UUID, name: str) -> tuple[AppConfigData, object] | None:
+        """What L1 would serve now for validated input, and a token that is the same object
+        as long as that very entry is served; None if L1 would miss. Nothing is counted."""
+        entry = self._local.peek(user_id, name)
+        return None if entry is None else (entry.value, entry)
+
+    def sample_local_keys(self, k: int, rng: random.Random) -> list[tuple[UUID, str]]:
+        """Up to ``k`` ``(user_id, name)`` keys of L1 entries, chosen at random."""
+        return self._local.sample_keys(k, rng)
 
     # -- the seed's API -----------------------------------------------------------
 
@@ -227,6 +257,8 @@ class AppConfigFragmentCacheSource:
         """
         if self._parts.broadcast is not None:
             self._parts.broadcast.ensure_started()
+        if self._on_miss is not None:
+            self._on_miss(user_id, names)
         return await self._parts.read_path.resolve(user_id, names, loader, shared)
 
     async def policy_names(self, loader: Callable[[], Awaitable[list[str]]]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -62,6 +63,8 @@ class ReadPath:
 
     def __post_init__(self) -> None:
         self._flights: Flights[AppConfigData] = Flights()
+        #: given the seconds of each DB load (None: nothing is timed)
+        self.observe_db_load: Callable[[float], None] | None = None
 
     async def resolve(
         self, user_id: UUID, names: Sequence[str], loader: Loader, shared: SharedLoader | None
@@ -169,7 +172,11 @@ class ReadPath:
         if not missing:
             return found
         started = self.timer()
+        observe = self.observe_db_load
+        clock = time.perf_counter() if observe is not None else 0.0
         loaded = await loader(user_id, missing)
+        if observe is not None:
+            observe(time.perf_counter() - clock)
         self.stats.db_loads += 1
         if _logger.isEnabledFor(logging.DEBUG):
             _logger.debug("db load user=%s names=%s", user_id, missing)
