@@ -11,6 +11,7 @@ from uuid import uuid4
 
 import pytest
 
+from appconfig_cache import AppConfigFragmentCacheSource, CacheSettingsError
 from appconfig_cache.tiered.local import MISS, LocalTier
 from appconfig_cache.tiered.readings import Readings
 from appconfig_cache.tiered.weights import PER_ENTRY, PER_VALUE, Usage, WeighedLRU, json_weight
@@ -119,3 +120,18 @@ def test_either_bound_at_zero_turns_l1_off(maxsize: int, maxbytes: int) -> None:
 def test_weighed_lru_refuses_bounds_below_one() -> None:
     with pytest.raises(ValueError, match="maxcount"):
         WeighedLRU[str, object](0, 10)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"local_maxbytes": -1},
+        {"parse_memo_maxbytes": -1},
+        {"local_maxbytes": 1.5},
+        {"parse_memo_maxbytes": "16M"},
+    ],
+)
+def test_byte_budgets_are_checked_before_any_io(setting: dict[str, object]) -> None:
+    # the client is never touched: the settings are refused first
+    with pytest.raises(CacheSettingsError, match="maxbytes"):
+        AppConfigFragmentCacheSource(object(), **setting)  # type: ignore[arg-type]
