@@ -3,13 +3,13 @@ oversize values (I6)."""
 
 from __future__ import annotations
 
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from appconfig_cache import (
     AppConfigData,
 )
-from tests.support.data import add_users
-from tests.support.fragments import fragment_input
+from tests.support.data import add_policy, add_users
+from tests.support.fragments import fragment_input, user_fragment
 from tests.support.internals import l1_entries
 from tests.support.scopes import PUBLIC, USER
 
@@ -139,3 +139,78 @@ async def test_oversize_is_measured_in_bytes(seeded: Seeded) -> None:
     assert cache.stats.oversize_values == 2
     assert await t.valkey.exists(f"app_config:merged:{{{w.u1}}}:menu") == 0
     assert cache.local_size() == 0
+
+
+# -- I6 in bytes: L1 and the parse memo bounded by weight ------------------------------------
+
+
+def _large_config(seed: int, items: int) -> dict[str, object]:
+    """A saved document of ``items`` small objects (~40 bytes of JSON each)."""
+    return {"items": [{"id": seed * 10_000 + i, "label": f"item {i}"} for i in range(items)]}
+
+
+async def _users_with_large_views(t: Tiers, count: int, items: int) -> list[UUID]:
+    await add_policy(t.engine, "big", [PUBLIC, USER])
+    members = {uuid4(): "d1" for _ in range(count)}
+    await add_users(t.engine, members)
+    result = await t.db.admin_bulk_create(
+        [user_fragment(uid, "big", _large_config(i, items)) for i, uid in enumerate(members)]
+    )
+    assert not result.failures, result.failures
+    return list(members)
+
+
+async def test_l1_weight_stays_under_local_maxbytes(l1: Tiers) -> None:
+    t = l1
+    budget = 1_500_000
+    users = await _users_with_large_views(t, 24, items=200)
+    repo, cache, _client, _clock = t.make_repo(local_maxbytes=budget)
+    for _round in range(2):  # the second round reads what the first filled or evicted
+        for uid in users:
+            assert await repo.app_config(uid, "big") == await t.db.app_config(uid, "big")
+            assert 0 < cache.stats.l1_bytes <= budget
+            await cache.drain()
+    entries = l1_entries(cache)
+    weights = [entry.weight for entry in entries.values()]
+    assert sum(weights) == cache.stats.l1_bytes  # the account is exact
+    # each view weighs more than its JSON, and a few fit where 24 would not
+    view_json = len((await t.db.app_config(users[0], "big")).model_dump_json())
+    assert min(weights) > view_json
+    assert 2 <= len(weights) < len(users) and len(weights) * max(weights) > budget / 2
+    assert cache.stats.l1_evicted_for_weight > 0 and cache.stats.l1_refused == 0
+    # the last user read is an L1 hit still
+    hits = cache.stats.l1_hits
+    assert await repo.app_config(users[-1], "big") == await t.db.app_config(users[-1], "big")
+    assert cache.stats.l1_hits == hits + 1
+    await cache.drain()
+
+
+async def test_a_view_heavier_than_an_eighth_of_l1_is_served_not_kept(l1: Tiers) -> None:
+    t = l1
+    budget = 400_000
+    (heavy,) = await _users_with_large_views(t, 1, items=400)  # weighs over 50 kB
+    repo, cache, _client, _clock = t.make_repo(local_maxbytes=budget)
+    expected = await t.db.app_config(heavy, "big")
+    for i in range(1, 4):
+        assert await repo.app_config(heavy, "big") == expected
+        await cache.drain()
+        assert cache.stats.l1_refused == i
+    assert cache.local_size() == 0 and cache.stats.l1_bytes == 0 and cache.stats.l1_hits == 0
+    # not kept in L1, but Valkey has it (max_value_bytes is the only limit there)
+    assert await t.valkey.exists(f"app_config:merged:{{{heavy}}}:big") == 1
+    assert cache.stats.l2_hits >= 1
+
+
+async def test_parse_memo_weight_stays_under_its_budget(l1: Tiers) -> None:
+    t = l1
+    budget = 1_600_000
+    users = await _users_with_large_views(t, 16, items=200)
+    repo, cache, _client, _clock = t.make_repo(local_maxsize=0, parse_memo_maxbytes=budget)
+    for _round in range(3):  # the first round learns the domain, the second fills Valkey
+        for uid in users:
+            assert await repo.app_config(uid, "big") == await t.db.app_config(uid, "big")
+            assert cache.stats.memo_bytes <= budget
+            await cache.drain()
+    stats = cache.stats
+    assert stats.memo_bytes > 0 and stats.memo_evicted_for_weight > 0 and stats.memo_refused == 0
+    assert stats.l2_hits > 0

@@ -38,6 +38,8 @@ DEMO_SCHEMA = "appconfig_cache_demo"
 
 DEFAULTS = {"domains": 5, "users": 3000, "requests": 12000}
 QUICK = {"domains": 3, "users": 400, "requests": 1500}
+#: L1's byte budget per entry of --local-maxsize (64 MiB, the default, at 4,096 entries)
+DEMO_BYTES_PER_ENTRY = 16 * 1024
 
 MODES = (
     ("db_only", "DB only"),
@@ -272,8 +274,10 @@ class DemoSession:
             await warmup_cache.invalidate_for_scope(AppConfigScopeType.PUBLIC, "public")
             local = 0 if mode == "valkey_only" else args.local_maxsize
             cache = AppConfigFragmentCacheSource(
-                client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock
-            )
+                client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock,
+                # the byte budget grows with the count: the library's default at 4,096
+                local_maxbytes=local * DEMO_BYTES_PER_ENTRY,
+            )  # fmt: skip
         monitor = None
         if mode == "l1_valkey" and cache is not None and self.monitor_engine is not None:
             monitor = DemoMonitor(cache, self.monitor_engine)

@@ -410,10 +410,14 @@ async def run_mode(
     if cache is not None:
         after = _counters(cache)
         result.cache_stats = {
-            key: value - before[key] if isinstance(value, int) else value
+            key: value - before[key] if isinstance(value, int) and key not in _GAUGES else value
             for key, value in after.items()
         }
     return result
+
+
+#: stats that say how much is held now, not how often something happened: not differenced
+_GAUGES = frozenset({"l1_bytes", "memo_bytes"})
 
 
 def _counters(cache: AppConfigFragmentCacheSource | None) -> dict[str, Any]:

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
-from cachetools import LRUCache
-
 from .failures import Failures
 from .keys import Gens
 from .stats import CacheStats
+from .weights import NO_USAGE, Usage, WeighedLRU, json_weight
 
 ENVELOPE_VERSION = 1
 
@@ -136,9 +135,28 @@ class Candidate(NamedTuple):
     header: Header
 
 
-class _Parsed(NamedTuple, Generic[V]):
-    raw: bytes
-    value: V
+class Parsed(Generic[V]):
+    """An envelope's bytes and its parsed view, weighed when first asked (``weights``)."""
+
+    __slots__ = ("_body", "_view_weight", "raw", "value")
+
+    def __init__(self, raw: bytes, value: V, body: int, view_weight: int | None = None) -> None:
+        self.raw = raw
+        self.value = value
+        self._body = body
+        self._view_weight = view_weight
+
+    @property
+    def view_weight(self) -> int:
+        """The view's estimated memory, counted once from its JSON in the envelope."""
+        if self._view_weight is None:
+            self._view_weight = json_weight(self.raw, self._body)
+        return self._view_weight
+
+    @property
+    def weight(self) -> int:
+        """What the memo holds: the bytes, and the view (the memo may be all that keeps it)."""
+        return len(self.raw) + self.view_weight
 
 
 class EnvelopeReader(Generic[V]):
@@ -148,7 +166,9 @@ class EnvelopeReader(Generic[V]):
     parsed value, so an envelope fetched again (after its L1 entry expired, or
     with L1 off) is not parsed again. It is not a cache tier: every read still
     fetches the envelope and checks its header; only identical bytes (compared
-    in full) skip the parse.
+    in full) skip the parse. It holds at most ``memo_size`` envelopes weighing
+    ``memo_maxbytes`` together (bytes and parsed view, see ``weights``); a
+    heavier one is parsed each time.
     """
 
     def __init__(
@@ -157,13 +177,14 @@ class EnvelopeReader(Generic[V]):
         owner: Callable[[V], tuple[UUID, str]],
         *,
         memo_size: int,
+        memo_maxbytes: int,
         failures: Failures,
         stats: CacheStats,
     ) -> None:
         self._parse = parse
         self._owner = owner
-        self._memo: LRUCache[tuple[UUID, str], _Parsed[V]] | None = (
-            LRUCache(maxsize=memo_size) if memo_size > 0 else None
+        self._memo: WeighedLRU[tuple[UUID, str], Parsed[V]] | None = (
+            WeighedLRU(memo_size, memo_maxbytes) if memo_size > 0 and memo_maxbytes > 0 else None
         )
         self._failures = failures
         self._stats = stats
@@ -193,12 +214,17 @@ class EnvelopeReader(Generic[V]):
 
     def value(self, user_id: UUID, name: str, raw: bytes, header: Header) -> V | None:
         """The value of a current envelope; the same bytes are parsed once (memo)."""
+        parsed = self.parse(user_id, name, raw, header)
+        return None if parsed is None else parsed.value
+
+    def parse(self, user_id: UUID, name: str, raw: bytes, header: Header) -> Parsed[V] | None:
+        """The parsed envelope, from the memo if it holds these very bytes."""
         memo = self._memo
         key = (user_id, name)
         if memo is not None:
             seen = memo.get(key)
             if seen is not None and seen.raw == raw:
-                return seen.value
+                return seen
         try:
             value = decode_body(raw, header, self._parse)
         except BadEnvelope as exc:
@@ -207,11 +233,16 @@ class EnvelopeReader(Generic[V]):
         if self._owner(value) != key:
             self._failures.reject("rejected a foreign cache envelope", ValueError(name))
             return None
+        parsed = Parsed(raw, value, header.body)
         if memo is not None:
-            memo[key] = _Parsed(raw, value)
-        return value
+            memo.put(key, parsed)
+        return parsed
 
-    def remember(self, user_id: UUID, name: str, raw: bytes, value: V) -> None:
+    def remember(self, user_id: UUID, name: str, raw: bytes, value: V, view_weight: int) -> None:
         """An envelope this process wrote: its bytes will come back, no need to parse them."""
         if self._memo is not None:
-            self._memo[(user_id, name)] = _Parsed(raw, value)
+            self._memo.put((user_id, name), Parsed(raw, value, 0, view_weight))
+
+    def memo_usage(self) -> Usage:
+        """The memo's weight and what its byte budget turned away."""
+        return NO_USAGE if self._memo is None else self._memo.usage()

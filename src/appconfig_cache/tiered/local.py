@@ -15,6 +15,10 @@ old. So the bound on cross-process staleness is the same as for a Valkey hit
 trip of its own. Hits on an entry in the second half of its life put its user
 on :attr:`LocalTier.due`, the users whose generations a background refresh reads
 in one batch (see the cache source).
+
+**Bounds.** At most ``maxsize`` entries, weighing at most ``maxbytes`` together
+(``weights.py``: a weight estimates the view's memory from its JSON). A view
+heavier than an eighth of ``maxbytes`` is not kept.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cachetools import Cache, LRUCache
 from . import keys
 from .keys import Gens
 from .readings import Readings
+from .weights import NO_USAGE, Usage, WeighedLRU
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
 
@@ -56,6 +61,7 @@ class Entry(Generic[V]):
         "user_scope",
         "value",
         "version",
+        "weight",
     )
 
     def __init__(
@@ -69,6 +75,7 @@ class Entry(Generic[V]):
         hard: float,
         request: int,
         user_scope: bool | None,
+        weight: int,
     ) -> None:
         self.value = value
         self.domain = domain
@@ -83,6 +90,8 @@ class Entry(Generic[V]):
         self.request = request
         #: whether the name's chain had the user scope (None: not known)
         self.user_scope = user_scope
+        #: the view's estimated memory (``weights.json_weight``)
+        self.weight = weight
 
 
 class LocalTier(Generic[V]):
@@ -96,6 +105,7 @@ class LocalTier(Generic[V]):
         readings: Readings,
         *,
         max_life: float = 600.0,
+        maxbytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.ttl = ttl
         self._readings = readings
@@ -103,11 +113,13 @@ class LocalTier(Generic[V]):
         self.max_life = max_life
         self.timer = timer
         self.maxsize = maxsize
+        self.maxbytes = maxbytes
         # An LRU whose entries carry their own deadlines, checked by get() with one
         # clock reading: refresh_at <= expires <= hard, so a hit that is neither in
-        # its second half nor expired costs a comparison.
-        self._entries: LRUCache[tuple[UUID, str], Entry[V]] | None = (
-            LRUCache(maxsize) if maxsize > 0 else None
+        # its second half nor expired costs a comparison. Bounded by count and by
+        # the entries' weights; a hit reads it as any cachetools LRUCache.
+        self._entries: WeighedLRU[tuple[UUID, str], Entry[V]] | None = (
+            WeighedLRU(maxsize, maxbytes) if maxsize > 0 and maxbytes > 0 else None
         )
         #: the local invalidation version: one more for every local invalidation
         self.version = 0
@@ -239,8 +251,10 @@ class LocalTier(Generic[V]):
         *,
         request: int = 0,
         user_scope: bool | None = None,
+        weight: int,
     ) -> bool:
-        """Store unless an invalidation since ``version`` concerns it, or it would expire at once.
+        """Store unless an invalidation since ``version`` concerns it, it would expire at
+        once, or it is too heavy (``weight``: its estimated memory, see ``weights``).
 
         ``basis``: the generations and server epoch the value was computed under,
         which let the entry be renewed; ``None``: it expires at ``expires``.
@@ -254,10 +268,13 @@ class LocalTier(Generic[V]):
             return False
         hard = now + self.max_life
         expires = min(expires, hard)
-        self._entries[(user_id, name)] = Entry(
-            value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope
-        )
-        return True
+        return self._entries.put(
+            (user_id, name),
+            Entry(
+                value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope,
+                weight,
+            ),
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)
@@ -280,6 +297,14 @@ class LocalTier(Generic[V]):
             return []
         present = list(entries.keys())
         return rng.sample(present, min(k, len(present)))
+    @property
+    def enabled(self) -> bool:
+        """False when ``maxsize`` or ``maxbytes`` is 0: nothing is ever stored."""
+        return self._entries is not None
+
+    def usage(self) -> Usage:
+        """L1's weight and what its byte budget (``maxbytes``) turned away."""
+        return NO_USAGE if self._entries is None else self._entries.usage()
 
     # -- invalidation records -----------------------------------------------------
 

@@ -57,6 +57,18 @@ class CacheStats:
     invalidations_domain: int = 0
     invalidations_user: int = 0
     invalidations_policies: int = 0
+    #: L1's weight: the estimated memory of its views, in bytes (bounded by local_maxbytes)
+    l1_bytes: int = 0
+    #: views served but not kept in L1: heavier than an eighth of local_maxbytes
+    l1_refused: int = 0
+    #: L1 entries evicted to stay under local_maxbytes (those evicted for local_maxsize aside)
+    l1_evicted_for_weight: int = 0
+    #: the parse memo's weight in bytes (bounded by parse_memo_maxbytes)
+    memo_bytes: int = 0
+    #: envelopes not memoized: heavier than an eighth of parse_memo_maxbytes
+    memo_refused: int = 0
+    #: memoized envelopes evicted to stay under parse_memo_maxbytes
+    memo_evicted_for_weight: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

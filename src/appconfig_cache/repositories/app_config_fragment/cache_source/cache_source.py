@@ -52,6 +52,12 @@ class AppConfigFragmentCacheSource:
     - ``wait_replicas``, ``wait_timeout``: ``WAIT`` for that many replicas after
       each bump (standalone servers only).
     - ``broadcast``: publish bumps and drop other processes' entries at once.
+    - ``local_maxbytes``: L1's budget in bytes, of the views' estimated memory
+      (``tiered/weights.py``); a view weighing more than an eighth of it is
+      served but not kept in L1. ``0`` turns L1 off.
+    - ``parse_memo_maxbytes``: the parse memo's budget in bytes (envelope bytes
+      plus parsed view); a heavier envelope than an eighth of it is parsed each
+      time. ``0`` turns the memo off.
     - ``timer``: the clock (monotonic seconds); tests inject one.
     """
 
@@ -74,6 +80,8 @@ class AppConfigFragmentCacheSource:
         wait_replicas: int = 0,
         wait_timeout: float = 0.1,
         broadcast: bool = False,
+        local_maxbytes: int = 64 * 1024 * 1024,
+        parse_memo_maxbytes: int = 16 * 1024 * 1024,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         settings = CacheSettings(
@@ -83,6 +91,7 @@ class AppConfigFragmentCacheSource:
             breaker_min_calls=breaker_min_calls, breaker_cooldown=breaker_cooldown,
             log_interval=log_interval, parse_memo_size=parse_memo_size,
             wait_replicas=wait_replicas, wait_timeout=wait_timeout, broadcast=broadcast,
+            local_maxbytes=local_maxbytes, parse_memo_maxbytes=parse_memo_maxbytes,
             timer=timer,
         )  # fmt: skip
         settings.check_client(valkey_client)
@@ -109,6 +118,9 @@ class AppConfigFragmentCacheSource:
         if parts.broadcast is not None:
             stats.broadcast = parts.broadcast.state
             stats.broadcast_received = parts.broadcast.received
+        stats.l1_bytes, stats.l1_refused, stats.l1_evicted_for_weight = parts.local.usage()
+        memo = parts.envelopes.memo_usage()
+        stats.memo_bytes, stats.memo_refused, stats.memo_evicted_for_weight = memo
         return stats
 
     def local_size(self) -> int:

@@ -55,6 +55,7 @@ class Parts:
     store: Store
     policy_names: PolicyNames
     invalidation: Invalidation
+    envelopes: EnvelopeReader[AppConfigData]
 
 
 def _owner(view: AppConfigData) -> tuple[UUID, str]:
@@ -71,7 +72,7 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     remote.on_unavailable = readings.forget_epoch
     commands = Commands(client, remote, readings, ttl=s.ttl)
     local = (ablation.LocalTierWithoutRenewal if "renewal" in off else LocalTier[AppConfigData])(
-        s.local_maxsize, s.local_ttl, timer, readings, max_life=s.ttl
+        s.local_maxsize, s.local_ttl, timer, readings, max_life=s.ttl, maxbytes=s.local_maxbytes
     )
     broadcast = Broadcast(client) if s.broadcast else None
     bumps = Bumps(
@@ -81,7 +82,8 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     generations = ViewGenerations(readings, commands, failures)
     envelopes = EnvelopeReader(
         AppConfigData.model_validate_json, _owner,
-        memo_size=0 if "parse_memo" in off else s.parse_memo_size, failures=failures, stats=stats,
+        memo_size=0 if "parse_memo" in off else s.parse_memo_size,
+        memo_maxbytes=s.parse_memo_maxbytes, failures=failures, stats=stats,
     )  # fmt: skip
     fills = (ablation.UnbatchedFills if "fill_batching" in off else FillQueue)(
         commands, background, stats, failures
@@ -113,5 +115,5 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
         broadcast.on_message = invalidation.apply_remote
     return Parts(
         stats, background, remote, local, broadcast, bumps, renewal, read_path, lookup, store,
-        policy_names, invalidation,
+        policy_names, invalidation, envelopes,
     )  # fmt: skip

@@ -132,11 +132,11 @@ class Lookup:
                 ):
                     reusable[name] = candidate  # only shared scopes changed
                 continue
-            view = self.envelopes.value(user_id, name, candidate.raw, header)
-            if view is not None:
-                found[name] = view
+            parsed = self.envelopes.parse(user_id, name, candidate.raw, header)
+            if parsed is not None:
+                found[name] = parsed.value
                 self.store.keep_hit(
-                    user_id, name, view, header.domain, version,
+                    user_id, name, parsed, header.domain, version,
                     current.oldest + self.local_ttl, Basis(current.gens, header.epoch),
                     request, header.user_scope,
                 )  # fmt: skip

@@ -33,6 +33,8 @@ class CacheSettings:
     wait_replicas: int = 0
     wait_timeout: float = 0.1
     broadcast: bool = False
+    local_maxbytes: int = 64 * 1024 * 1024
+    parse_memo_maxbytes: int = 16 * 1024 * 1024
     timer: Callable[[], float] = field(default=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -46,6 +48,10 @@ class CacheSettings:
             raise CacheSettingsError("timeout, probe_timeout and max_value_bytes must be > 0")
         if self.wait_replicas < 0 or self.wait_timeout <= 0:
             raise CacheSettingsError("wait_replicas must be >= 0 and wait_timeout > 0")
+        if not (isinstance(self.local_maxbytes, int) and isinstance(self.parse_memo_maxbytes, int)):
+            raise CacheSettingsError("local_maxbytes and parse_memo_maxbytes must be whole bytes")
+        if self.local_maxbytes < 0 or self.parse_memo_maxbytes < 0:
+            raise CacheSettingsError("local_maxbytes and parse_memo_maxbytes must be >= 0")
 
     def check_client(self, client: Any) -> None:
         if self.wait_replicas and is_cluster(client):

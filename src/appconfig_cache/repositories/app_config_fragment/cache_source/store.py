@@ -7,11 +7,12 @@ from dataclasses import KW_ONLY, dataclass
 from uuid import UUID
 
 from ....tiered import keys
-from ....tiered.envelope import EnvelopeReader, encode_envelope
+from ....tiered.envelope import EnvelopeReader, Parsed, encode_envelope
 from ....tiered.fills import FillQueue
 from ....tiered.local import Basis, LocalTier
 from ....tiered.readings import Readings
 from ....tiered.stats import CacheStats
+from ....tiered.weights import json_weight
 from ....types import AppConfigData, AppConfigScopeType
 from ..db_source import LoadedViews
 from .generations import FillPlan
@@ -39,7 +40,7 @@ class Store:
         self,
         user_id: UUID,
         name: str,
-        view: AppConfigData,
+        parsed: Parsed[AppConfigData],
         domain: str,
         version: int,
         expires: float,
@@ -48,10 +49,11 @@ class Store:
         user_scope: bool | None,
     ) -> None:
         """A current envelope's view, read from Valkey."""
-        self.local.put(
-            user_id, name, view, domain, version, expires, basis,
-            request=request, user_scope=user_scope,
-        )  # fmt: skip
+        if self.local.enabled:  # weighing the view costs a pass over its bytes
+            self.local.put(
+                user_id, name, parsed.value, domain, version, expires, basis,
+                request=request, user_scope=user_scope, weight=parsed.view_weight,
+            )  # fmt: skip
 
     def put_loaded(
         self,
@@ -121,9 +123,10 @@ class Store:
             gens = None if plan is None or server is None else plan.gens(name)
             basis = None if gens is None or server is None else Basis(gens, server)
             user_scope = _has_user_scope(loaded.chains.get(name))
+            weight = json_weight(data_json)
             self.local.put(
                 user_id, name, view, domain, version, expires, basis,
-                request=request, user_scope=user_scope,
+                request=request, user_scope=user_scope, weight=weight,
             )  # fmt: skip
             if plan is None:
                 continue
@@ -134,7 +137,7 @@ class Store:
                 user_id, name, domain, basis.gens, basis.server, data_json, user_scope
             )
             sets.append((keys.merged_key(user_id, name), envelope))
-            self.envelopes.remember(user_id, name, envelope, view)
+            self.envelopes.remember(user_id, name, envelope, view, weight)
         return sets
 
 
