@@ -297,6 +297,7 @@ class LocalTier(Generic[V]):
             return []
         present = list(entries.keys())
         return rng.sample(present, min(k, len(present)))
+
     @property
     def enabled(self) -> bool:
         """False when ``maxsize`` or ``maxbytes`` is 0: nothing is ever stored."""
