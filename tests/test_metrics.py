@@ -36,6 +36,7 @@ LABELS: dict[str, set[str] | None] = {
     "state": {"closed", "open", "half_open", "off", "connecting", "up", "down"},
     "reason": {"malformed", "outdated", "valkey", "db", "not_cached", "dropped"},
     "source": {"envelope", "l1"},
+    "store": {"l1", "memo"},
     "le": None,
 }
 
@@ -143,6 +144,7 @@ async def test_scrape_during_a_run_parses_agrees_with_stats_and_moves(
             == stats.invalidations_user
         )
         assert value(after, "appconfig_cache_l1_entries", cache="main") == main.local_size()
+        assert value(after, "appconfig_cache_l1_bytes", cache="main") == stats.l1_bytes > 0
         assert value(after, "appconfig_cache_breaker_state", cache="main", state="closed") == 1
         assert value(after, "appconfig_cache_pending_bumps", cache="main") == 0
         # the workload moved the counters between the two scrapes

@@ -206,6 +206,14 @@ def _cache_samples(f: _Families, source: _Source) -> None:
     )
     f.gauge("l1_entries", "Entries in L1 now.", c, cache.local_size())
     f.gauge("l1_max_entries", "L1's bound (local_maxsize).", c, cache.local_maxsize)
+    f.gauge("l1_bytes", "L1's weight: the estimated memory of its views.", c, s.l1_bytes)
+    f.gauge("memo_bytes", "The parse memo's weight in bytes.", c, s.memo_bytes)
+    refused = "Values served but not kept: heavier than an eighth of the tier's byte budget."
+    f.counter("weight_refused_total", refused, {**c, "store": "l1"}, s.l1_refused)
+    f.counter("weight_refused_total", refused, {**c, "store": "memo"}, s.memo_refused)
+    evicted = "Entries evicted to stay under the tier's byte budget (count evictions aside)."
+    f.counter("weight_evicted_total", evicted, {**c, "store": "l1"}, s.l1_evicted_for_weight)
+    f.counter("weight_evicted_total", evicted, {**c, "store": "memo"}, s.memo_evicted_for_weight)
     f.counter(
         "l1_renewals_total",
         "L1 entries kept past local_ttl by fresh generation readings.",
