@@ -23,7 +23,6 @@ from appconfig_cache import (
     create_schema,
 )
 from appconfig_cache.tiered import keys
-from tests.outbox.conftest import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import (
     domain_fragment,
@@ -32,6 +31,7 @@ from tests.support.fragments import (
     public_fragment,
     user_fragment,
 )
+from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 from tests.support.valkey import direct_client
 

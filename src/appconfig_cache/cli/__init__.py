@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo, ops
+    from . import demo, ops, outbox
 
     parser = _Parser(
         prog=PROG,
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     demo.add_parser(commands)
     ops.add_parsers(commands)
+    outbox.add_parsers(commands)
     return parser
 
 
