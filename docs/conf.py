@@ -28,5 +28,5 @@ nitpicky = True
 nitpick_ignore_regex = [
     ("py:(class|obj)", r"(uuid|datetime|enum|logging|collections\.abc|typing)\..*"),
     ("py:(class|obj)", r"(pydantic|sqlalchemy)\..*"),
-    ("py:(class|obj)", r"appconfig_cache\.(types|tiered|repositories|logs)\..*"),
+    ("py:(class|obj)", r"appconfig_cache\.(types|tiered|repositories|logs|outbox)\..*"),
 ]

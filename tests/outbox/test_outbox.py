@@ -32,6 +32,7 @@ from tests.support.fragments import (
     user_fragment,
 )
 from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
+from tests.support.polling import wait_for
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 from tests.support.valkey import direct_client
 
@@ -285,3 +286,13 @@ def test_the_fragment_trigger_names_what_the_library_invalidates() -> None:
             fragment_key(USER, str(uid), NAME),
         ]
     ) == [("name", NAME), ("domain", "d1"), ("user", str(uid))]
+
+
+async def test_the_replayer_polls_in_the_background(
+    engine: AsyncEngine, make_reader: ReaderFactory
+) -> None:
+    await add_outbox_rows(engine, [("domain", "d1"), ("policy", NAME)])
+    replayer = await make_reader(outbox_interval=0.01, outbox_grace=0.0)
+    await replayer.cache.start()
+    await wait_for(lambda: replayer.cache.stats.outbox_replayed == 2, what="the poll loop")
+    assert await outbox_rows(engine) == []

@@ -1,6 +1,7 @@
 """The replayer: every cache source polls the outbox and applies what is due.
 
-One poll is one indexed ``EXISTS`` on a normally empty table. When rows are
+One poll is one indexed ``EXISTS`` on a normally empty table; the background
+loop skips it while its process cannot use Valkey (``ready()`` is False). When rows are
 due (older than ``grace``, so a live writer has had the time to bump and
 delete its own), they are claimed in batches with ``FOR UPDATE SKIP LOCKED``,
 applied (``apply`` bumps their generations) and deleted, one transaction per
@@ -33,6 +34,7 @@ class Replayer:
         apply: Apply,
         stats: CacheStats,
         log: Callable[[str, BaseException], None],
+        ready: Callable[[], bool],
         *,
         grace: float,
         interval: float,
@@ -40,7 +42,7 @@ class Replayer:
     ) -> None:
         self.store, self.stats = store, stats
         self.grace, self.interval, self.batch = grace, interval, batch
-        self._apply, self._log = apply, log
+        self._apply, self._log, self._ready = apply, log, ready
         self._task: asyncio.Task[None] | None = None
         self._landed = 0  # rows of the open batch whose bumps landed
 
@@ -91,6 +93,10 @@ class Replayer:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if not self._ready():
+                # This process cannot bump now (pending bumps, breaker open): its own
+                # recovery comes first, and another process may replay meanwhile.
+                continue
             try:
                 await self.poll()
             except Exception as exc:  # a bug must not stop the backstop

@@ -28,6 +28,7 @@ from .broadcast import Broadcast
 from .commands import Commands
 from .failures import Failures
 from .readings import Readings
+from .remote import BreakerState
 from .stats import CacheStats
 from .tasks import Background, Slot
 
@@ -75,6 +76,11 @@ class Bumps:
     def pending(self) -> int:
         """How many generation keys wait to be bumped in Valkey."""
         return len(self._pending)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing pending and the breaker closed (asks nothing, takes no trial slot)."""
+        return not self._pending and self._remote.breaker.state is BreakerState.CLOSED
 
     async def bump(self, gen_keys: list[str]) -> bool:
         """INCR each generation now, with any pending ones; keep them pending on failure.

@@ -113,7 +113,7 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     )
     invalidation = Invalidation(local, readings, bumps, policy_names)
     outbox = OutboxLink(
-        invalidation, background, stats, failures,
+        invalidation, bumps, background, stats, failures,
         grace=s.outbox_grace, interval=s.outbox_interval, batch=s.outbox_batch,
     )  # fmt: skip
     if broadcast is not None:

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ....errors import AppConfigError
 from ....outbox.replayer import Replayer
 from ....outbox.store import OutboxRow, OutboxStore
+from ....tiered.bumps import Bumps
 from ....tiered.failures import Failures
 from ....tiered.stats import CacheStats
 from ....tiered.tasks import Background
@@ -54,6 +55,7 @@ class OutboxLink:
     """Owns the replayer once a repository has attached an outbox."""
 
     invalidation: Invalidation
+    bumps: Bumps
     background: Background
     stats: CacheStats
     failures: Failures
@@ -69,7 +71,7 @@ class OutboxLink:
         if self.store is None:
             self.store = store
             self.replayer = Replayer(
-                store, self.apply, self.stats, self.failures.log,
+                store, self.apply, self.stats, self.failures.log, lambda: self.bumps.settled,
                 grace=self.grace, interval=self.interval, batch=self.batch,
             )  # fmt: skip
 
