@@ -25,7 +25,7 @@ from tests.faults.conftest import pg_target, pg_url_via
 from tests.faults.proxy import FaultProxy
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import domain_fragment
-from tests.support.internals import bump_recovery
+from tests.support.internals import bump_recovery, trip_breaker
 from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 
@@ -163,3 +163,28 @@ async def test_postgresql_failing_during_a_replay_loses_no_row(
             assert await outbox_rows(engine) == []
         finally:
             await cut_engine.dispose()
+
+
+@pytest.mark.parametrize("cooled_down", [False, True], ids=["open", "half-open"])
+async def test_a_writer_whose_breaker_is_open_recovers_without_a_read(
+    engine: AsyncEngine, make_reader: ReaderFactory, cooled_down: bool
+) -> None:
+    """The recovery task pings Valkey whatever the breaker's state, and closes it."""
+    uid = await _seed(engine)
+    reader = await make_reader()
+    assert (await _cached(reader, uid)).config == {"v": 0}
+    writer = await make_reader(retry_interval=0.01)
+    await _cached(writer, uid)
+    trip_breaker(writer.cache)
+    done = await writer.repo.admin_bulk_update([domain_fragment("d1", NAME, {"v": 1})])
+    assert not done.failures and writer.cache.stats.pending_bumps == 1  # never sent
+    assert await _read(reader, uid) == {"v": 0}
+    if cooled_down:
+        writer.clock.advance(5.1)  # past breaker_cooldown: the next allow() is the trial
+    recovery = bump_recovery(writer.cache)
+    assert recovery is not None
+    async with asyncio.timeout(HANG_GUARD):
+        await recovery
+    assert writer.cache.stats.pending_bumps == 0
+    assert writer.cache.stats.breaker_state == "closed"
+    assert await _read(reader, uid) == {"v": 1}

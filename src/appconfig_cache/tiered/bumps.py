@@ -168,7 +168,10 @@ class Bumps:
             await asyncio.sleep(self.retry_interval)
             if self._not_replicated and self.timer() < self._next_replay_at:
                 continue  # Valkey is up; its replicas are not: once per cool-down
-            if not self._remote.available() and not await self._remote.probe_now():
+            # Not available(): past the cool-down it would take the half-open trial
+            # slot, which the replay's own available() then finds taken.
+            breaker_closed = self._remote.breaker.state is BreakerState.CLOSED
+            if not breaker_closed and not await self._remote.probe_now():
                 continue
             try:
                 running = self._replay.running
