@@ -8,6 +8,7 @@ precondition checks that a reader still gets the old view before the repair.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from appconfig_cache import AppConfigData, AppConfigFragmentRepository
+from appconfig_cache.tiered import keys
 from tests.faults.conftest import pg_target, pg_url_via
 from tests.faults.proxy import FaultProxy
 from tests.support.data import add_policy, add_users
@@ -28,8 +30,10 @@ from tests.support.fragments import domain_fragment
 from tests.support.internals import bump_recovery, trip_breaker
 from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
 from tests.support.scopes import DOMAIN, PUBLIC, USER
+from tests.support.valkey import direct_client
 
 WRITER = Path(__file__).with_name("_outbox_writer.py")
+REPLAYER = Path(__file__).with_name("_outbox_replayer.py")
 NAME = "theme"
 HANG_GUARD = 30.0  # a bug must fail the test, not hang it; not a timing assertion
 
@@ -188,3 +192,56 @@ async def test_a_writer_whose_breaker_is_open_recovers_without_a_read(
     assert writer.cache.stats.pending_bumps == 0
     assert writer.cache.stats.breaker_state == "closed"
     assert await _read(reader, uid) == {"v": 1}
+
+
+@pytest.mark.processes
+@pytest.mark.slow
+async def test_two_replayer_processes_share_ten_thousand_rows(
+    engine: AsyncEngine, database_url: str, valkey_url: str
+) -> None:
+    users = [uuid.uuid4() for _ in range(10_000)]
+    await add_outbox_rows(engine, [("user", str(u)) for u in users])
+    env = {
+        **os.environ,
+        "APPCONFIG_REPLAYER_DATABASE_URL": database_url,
+        "APPCONFIG_REPLAYER_VALKEY_URL": valkey_url,
+    }
+    pipe = asyncio.subprocess.PIPE
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, str(REPLAYER), env=env, stdin=pipe, stdout=pipe
+        )
+        for _ in range(2)
+    ]
+    results = []
+    try:
+        async with asyncio.timeout(HANG_GUARD * 2):
+            for proc in procs:
+                assert proc.stdout is not None
+                assert await proc.stdout.readline() == b"ready\n"
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+            for proc in procs:
+                assert proc.stdout is not None
+                results.append(json.loads(await proc.stdout.readline()))
+                assert await proc.wait() == 0
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert sum(r["replayed"] for r in results) == 10_000, results
+    assert all(r["errors"] == 0 and r["pending"] == 0 for r in results), results
+    assert await outbox_rows(engine) == []
+    direct = direct_client(valkey_url)
+    try:
+        gen_keys = [keys.user_gen_key(u) for u in users]
+        applied = 0
+        for start in range(0, len(gen_keys), 1000):
+            applied += await direct.exists(*gen_keys[start : start + 1000])
+    finally:
+        await direct.aclose()
+    assert applied == 10_000  # every row bumped its generation at least once
+    print(f"[outbox] two replayer processes: {[r['replayed'] for r in results]} rows each")

@@ -211,11 +211,12 @@ async def test_rows_no_view_depends_on_are_dropped(
         await direct.aclose()
 
 
-async def test_two_replayers_share_ten_thousand_rows(
+async def test_two_replayers_share_a_backlog(
     engine: AsyncEngine, make_reader: ReaderFactory, valkey_url: str
 ) -> None:
-    users = [uuid.uuid4() for _ in range(9_000)]
-    domains = [f"d{i}" for i in range(1_000)]
+    """Several batches each; the 10,000-row race of two processes is in tests/faults."""
+    users = [uuid.uuid4() for _ in range(1_800)]
+    domains = [f"d{i}" for i in range(200)]
     await add_outbox_rows(
         engine, [("user", str(u)) for u in users] + [("domain", d) for d in domains]
     )
@@ -223,7 +224,7 @@ async def test_two_replayers_share_ten_thousand_rows(
     done = await asyncio.gather(
         first.cache.replay_outbox(grace=0), second.cache.replay_outbox(grace=0)
     )
-    assert sum(done) == 10_000
+    assert sum(done) == 2_000
     assert await outbox_rows(engine) == []
     for reader in (first, second):
         assert reader.cache.stats.outbox_errors == 0
@@ -234,7 +235,7 @@ async def test_two_replayers_share_ten_thousand_rows(
         applied = 0
         for start in range(0, len(gen_keys), 1000):
             applied += await direct.exists(*gen_keys[start : start + 1000])
-        assert applied == 10_000  # every row bumped its generation at least once
+        assert applied == 2_000  # every row bumped its generation at least once
     finally:
         await direct.aclose()
 
