@@ -297,3 +297,19 @@ async def test_the_replayer_polls_in_the_background(
     await replayer.cache.start()
     await wait_for(lambda: replayer.cache.stats.outbox_replayed == 2, what="the poll loop")
     assert await outbox_rows(engine) == []
+
+
+async def test_without_the_outbox_table_a_write_fails_whole(engine: AsyncEngine) -> None:
+    uid = await _seed(engine)
+    repo = AppConfigFragmentRepository(engine)
+    try:
+        await sql(engine, "DROP TABLE app_config_outbox")
+        result = await repo.bulk_create_my(uid, [my_fragment(NAME, {"own": 1})])
+        assert [f.code for f in result.failures] == ["storage_error"]
+        assert (await repo.app_config(uid, NAME)).config == {"a": 0, "color": "red"}
+    finally:
+        await create_schema(engine)
+    assert await outbox_rows(engine) == []
+    result = await repo.bulk_create_my(uid, [my_fragment(NAME, {"own": 1})])
+    assert not result.failures
+    assert await outbox_rows(engine) == [("user", str(uid))]
