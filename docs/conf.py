@@ -30,5 +30,5 @@ nitpick_ignore_regex = [
     ("py:(class|obj)", r"(pydantic|sqlalchemy|prometheus_client)\..*"),
     # autodoc splits a dataclass field's "dict[str, int]" at the comma
     ("py:class", r"dict\[str"),
-    ("py:(class|obj)", r"appconfig_cache\.(types|tiered|repositories|logs)\..*"),
+    ("py:(class|obj)", r"appconfig_cache\.(types|tiered|repositories|logs|outbox)\..*"),
 ]

@@ -94,7 +94,16 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["demo"], ["invalidate"], ["stats"], ["schema"], ["schema", "create"]],
+    [
+        [],
+        ["demo"],
+        ["invalidate"],
+        ["stats"],
+        ["schema"],
+        ["schema", "create"],
+        ["outbox"],
+        ["outbox", "drain"],
+    ],
     ids=lambda c: " ".join(c) or "top",
 )
 def test_help_on_every_command(command: list[str]) -> None:
@@ -446,7 +455,9 @@ async def test_schema_create_on_an_empty_database(database_url: str) -> None:
                     )
             finally:
                 await target.dispose()
-            assert tables == {"users", "app_config_policies", "app_config_fragments"}
+            assert tables == {
+                "users", "app_config_policies", "app_config_fragments", "app_config_outbox"
+            }  # fmt: skip
         finally:
             async with admin.connect() as conn:
                 await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -467,3 +478,42 @@ def test_schema_create_unreachable_database_is_a_runtime_error() -> None:
 )
 def test_schema_usage_errors(args: list[str]) -> None:
     assert_one_line_error(run_cli_sync(*args), 2)
+
+
+# -- the outbox ----------------------------------------------------------------------------
+
+
+async def test_stats_shows_the_outbox_and_drain_empties_it(
+    valkey_url: str, database_url: str, engine: Any
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("INSERT INTO app_config_outbox (kind, ident) VALUES (:k, :i)"),
+            [{"k": "domain", "i": f"d{n}"} for n in range(1200)],
+        )
+    proc = await run_cli(
+        "stats", "--valkey-url", valkey_url, "--database-url", database_url, "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    outbox = json.loads(proc.stdout)["outbox"]
+    assert outbox["rows"] == 1200 and outbox["oldest_age_seconds"] >= 0
+    text = await run_cli("stats", "--valkey-url", valkey_url, "--database-url", database_url)
+    assert "outbox: 1,200 rows pending, the oldest written" in text.stdout
+
+    drain = await run_cli(
+        "outbox", "drain", "--valkey-url", valkey_url, "--database-url", database_url, "--json"
+    )
+    assert drain.returncode == 0, drain.stderr
+    assert json.loads(drain.stdout)["replayed"] == 1200
+    assert json.loads(drain.stdout)["left"] == 0
+    after = await run_cli(
+        "stats", "--valkey-url", valkey_url, "--database-url", database_url, "--json"
+    )
+    assert json.loads(after.stdout)["outbox"] == {"rows": 0, "oldest_age_seconds": None}
+
+
+def test_outbox_drain_unreachable_valkey_is_a_runtime_error() -> None:
+    url = f"redis://127.0.0.1:{closed_port()}"
+    db = f"postgresql://u@127.0.0.1:{closed_port()}/x"
+    proc = run_cli_sync("outbox", "drain", "--valkey-url", url, "--database-url", db)
+    assert "cannot reach Valkey" in assert_one_line_error(proc, 1)

@@ -11,6 +11,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .outbox.triggers import TRIGGER_DDL
+
 
 class Base(DeclarativeBase):
     pass
@@ -63,12 +65,44 @@ class AppConfigFragmentRow(Base):
     )
 
 
+class AppConfigOutboxRow(Base):
+    """What a committed change invalidates, written by the triggers (``outbox/triggers.py``).
+
+    ``kind`` is a scope type (``user``, ``domain``, ``domain_user_defaults``),
+    ``name`` (a public fragment: that name's views) or ``policy``; ``ident`` is
+    the scope id or the config name. Key strings never appear here.
+    """
+
+    __tablename__ = "app_config_outbox"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    ident: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    #: the writing transaction (``txid_current()``): its writer deletes its rows by it
+    txid: Mapped[int] = mapped_column(
+        sa.BigInteger, nullable=False, server_default=sa.text("txid_current()"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.text("clock_timestamp()"),
+        index=True,
+    )
+
+
 users = cast(sa.Table, UserRow.__table__)
 policies = cast(sa.Table, AppConfigPolicyRow.__table__)
 fragments = cast(sa.Table, AppConfigFragmentRow.__table__)
+outbox = cast(sa.Table, AppConfigOutboxRow.__table__)
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create the three tables if they do not exist (idempotent)."""
+    """Create the tables that do not exist, and (re)install the outbox triggers.
+
+    Idempotent. On a database made by an earlier version, the existing tables
+    are left as they are; the outbox table and its triggers are added.
+    """
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all, checkfirst=True)
+        for statement in TRIGGER_DDL:
+            await conn.execute(sa.text(statement))

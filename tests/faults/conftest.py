@@ -28,6 +28,7 @@ from appconfig_cache.embedded import EmbeddedValkey
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user
 from tests.support.fragments import domain_fragment, my_fragment, public_fragment
+from tests.support.outbox import make_reader  # noqa: F401  (a fixture)
 from tests.support.valkey import CountingValkey
 
 from .proxy import FaultProxy

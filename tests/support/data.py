@@ -14,7 +14,7 @@ from appconfig_cache.models import users
 
 from .scopes import ALL_SCOPES
 
-TABLES = ("users", "app_config_policies", "app_config_fragments")
+TABLES = ("users", "app_config_policies", "app_config_fragments", "app_config_outbox")
 
 
 async def add_user(

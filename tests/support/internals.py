@@ -48,3 +48,9 @@ def merged_view_statement() -> Any:
     from appconfig_cache.repositories.app_config_fragment.db_source import db_source
 
     return db_source._MERGED_VIEW_SQL
+
+
+def bump_recovery(cache: AppConfigFragmentCacheSource) -> asyncio.Task[None] | None:
+    """The task that replays pending bumps once Valkey answers (None: none started)."""
+    task: asyncio.Task[None] | None = cache._parts.bumps._recovery
+    return task

@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check, demo, ops
+    from . import check, demo, ops, outbox
 
     parser = _Parser(
         prog=PROG,
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(commands)
     ops.add_parsers(commands)
     check.add_parser(commands)
+    outbox.add_parsers(commands)
     return parser
 
 

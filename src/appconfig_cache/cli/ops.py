@@ -46,7 +46,8 @@ Keys are read with SCAN MATCH app_config:* (the library's fixed prefix; nothing 
 is scanned) in batches, so a large keyspace is walked without blocking the server.
 MEMORY USAGE is asked for a random sample of each kind and scaled to the count.
 Also prints the public and policies generations and how many domain, name and user
-generations exist.
+generations exist. With --database-url, also the invalidation outbox: how many rows
+wait to be replayed and how old the oldest is (see "appconfig-cache outbox drain").
 """
 
 _SCAN_MATCH = cache_keys.PREFIX + "*"  # fixed: never built from user input
@@ -91,6 +92,11 @@ def add_parsers(commands: Any) -> None:
         help="keys per kind whose MEMORY USAGE is asked (default 200, 0 skips memory)",
     )
     st.add_argument("--json", action="store_true", help="print the figures as JSON")
+    st.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="also show the invalidation outbox: pending rows and the oldest one's age",
+    )
     st.set_defaults(handler=_run_stats)
 
     schema = commands.add_parser(
@@ -104,8 +110,9 @@ def add_parsers(commands: Any) -> None:
         "create",
         help="create the tables if they do not exist",
         description=(
-            "Create the tables users, app_config_policies and app_config_fragments (with "
-            "their indexes) if they do not exist. Existing tables are left as they are."
+            "Create the tables users, app_config_policies, app_config_fragments and "
+            "app_config_outbox (with their indexes) if they do not exist, and install the "
+            "outbox triggers (again: idempotent). Existing tables are left as they are."
         ),
     )
     create.add_argument(
@@ -234,6 +241,10 @@ def _run_stats(args: argparse.Namespace) -> int:
 
     client = valkey_client_for(args.valkey_url, socket_timeout=5.0)
     result = asyncio.run(_stats(client, args))
+    if args.database_url:
+        from .outbox import backlog
+
+        result["outbox"] = asyncio.run(backlog(args.database_url))
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
@@ -251,6 +262,11 @@ def _run_stats(args: argparse.Namespace) -> int:
     print(f"  domain      {gens['domain']:,} keys")
     print(f"  name        {gens['name']:,} keys")
     print(f"  user        {gens['user']:,} keys")
+    if "outbox" in result:
+        box = result["outbox"]
+        age = box["oldest_age_seconds"]
+        oldest = "" if age is None else f", the oldest written {age:.1f} s ago"
+        print(f"outbox: {box['rows']:,} rows pending{oldest}")
     return EXIT_OK
 
 
@@ -326,7 +342,7 @@ def _run_schema_create(args: argparse.Namespace) -> int:
 
     url = database_url_for(args.database_url)
     asyncio.run(_schema_create(url, args.database_url))
-    tables = "users, app_config_policies, app_config_fragments"
+    tables = "users, app_config_policies, app_config_fragments, app_config_outbox (+ triggers)"
     print(f"schema ready on {describe_url(args.database_url)}: {tables}")
     return EXIT_OK
 

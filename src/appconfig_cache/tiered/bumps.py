@@ -5,11 +5,19 @@ invalidation's keys (with the broadcast's message and ``WAIT`` when those are
 on). A bump that cannot reach Valkey stays *pending*: this process does not
 trust Valkey again (no lookups, no fills) until the pending bumps have been
 replayed, so it never serves a view its own write outdated (I2).
+
+Pending bumps are also replayed by a *recovery* task, without waiting for a
+read: every ``retry_interval`` seconds it asks Valkey (a ``PING`` if the
+breaker is open, which closes it when answered) and replays, until nothing is
+pending. An idle process thus repairs its bumps within about one interval of
+Valkey answering again. A bump that Valkey took but could not replicate
+(``WAIT``) is retried once per cool-down, as by reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -20,6 +28,7 @@ from .broadcast import Broadcast
 from .commands import Commands
 from .failures import Failures
 from .readings import Readings
+from .remote import BreakerState
 from .stats import CacheStats
 from .tasks import Background, Slot
 
@@ -51,26 +60,40 @@ class Bumps:
     wait_replicas: int
     wait_ms: int
     timer: Callable[[], float]
+    retry_interval: float = 0.5
 
     def __post_init__(self) -> None:
         self._remote = self.commands.remote
         self._pending: set[str] = set()  # generation keys whose bump did not reach Valkey
         self._replay = Slot(self.background, self._replay_once)
         self._next_replay_at = float("-inf")
+        self._forced = False  # the recovery task's replay ignores the reads' cool-down
+        self._not_replicated = False  # the last failure: Valkey answered, WAIT fell short
+        # Not in ``background``: it lives as long as Valkey is away, and drain() must not.
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
         """How many generation keys wait to be bumped in Valkey."""
         return len(self._pending)
 
-    async def bump(self, gen_keys: list[str]) -> None:
-        """INCR each generation now, with any pending ones; keep them pending on failure."""
+    @property
+    def settled(self) -> bool:
+        """Nothing pending and the breaker closed (asks nothing, takes no trial slot)."""
+        return not self._pending and self._remote.breaker.state is BreakerState.CLOSED
+
+    async def bump(self, gen_keys: list[str]) -> bool:
+        """INCR each generation now, with any pending ones; keep them pending on failure.
+
+        Returns whether Valkey acknowledged the bumps of ``gen_keys``.
+        """
         self._count(gen_keys)
         request = self.readings.next_request()
-        if not self._remote.available():
+        if self._remote.available():
+            await self._send(gen_keys, request, self.timer())
+        else:
             self._defer(gen_keys, request)
-            return
-        await self._send(gen_keys, request, self.timer())
+        return self._pending.isdisjoint(gen_keys)
 
     def later(self, gen_keys: list[str]) -> None:
         """Count the invalidation, and leave its bumps pending for the next read to replay."""
@@ -96,7 +119,8 @@ class Bumps:
         # One attempt per cool-down: a Valkey that takes the bump but cannot
         # replicate it (WAIT) must not cost every read a round trip.
         now = self.timer()
-        if now < self._next_replay_at or not self._remote.available():
+        forced, self._forced = self._forced, False
+        if (now < self._next_replay_at and not forced) or not self._remote.available():
             return False
         await self._send([], self.readings.next_request(), now)
         return not self._pending
@@ -120,6 +144,7 @@ class Bumps:
                     f"{reply.replicas} of {self.wait_replicas} replicas acknowledged"
                 )
         except BaseException as exc:  # replayed before Valkey is trusted again
+            self._not_replicated = isinstance(exc, NotReplicated)
             self._defer(todo, request)
             # At most one replay attempt per cool-down (a WAIT that nobody answers
             # must not cost every following read another wait_timeout).
@@ -142,3 +167,34 @@ class Bumps:
         for key in gen_keys:
             self._pending.add(key)
             self.readings.forget(key, request)
+        if self._pending and (self._recovery is None or self._recovery.done()):
+            with contextlib.suppress(RuntimeError):  # no event loop: reads replay instead
+                self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Replay pending bumps as soon as Valkey answers, read or no read."""
+        while self._pending:
+            await asyncio.sleep(self.retry_interval)
+            if self._not_replicated and self.timer() < self._next_replay_at:
+                continue  # Valkey is up; its replicas are not: once per cool-down
+            # Not available(): past the cool-down it would take the half-open trial
+            # slot, which the replay's own available() then finds taken.
+            breaker_closed = self._remote.breaker.state is BreakerState.CLOSED
+            if not breaker_closed and not await self._remote.probe_now():
+                continue
+            try:
+                running = self._replay.running
+                if running is None:
+                    self._forced = True
+                    running = self._replay.start()
+                await running
+            except Exception as exc:  # _send logs Valkey's failures; this is a bug
+                self.failures.log("bump replay failed", exc)
+
+    async def aclose(self) -> None:
+        """Stop the recovery task (pending bumps stay pending)."""
+        task, self._recovery = self._recovery, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -13,7 +13,9 @@ calls with a minimum number of calls:
   problem: it is logged, never counted.
 
 Open, the breaker skips Valkey for ``cooldown`` seconds; then one trial call
-decides between closing again and another cool-down.
+decides between closing again and another cool-down. A process with pending
+bumps does not wait that long: its recovery task pings (:meth:`Remote.probe_now`)
+and an answer closes the breaker.
 """
 
 from __future__ import annotations
@@ -208,6 +210,18 @@ class Remote:
             return
         forgiven, self._suspect_timeouts = self._suspect_timeouts, 0
         self.stats.timeouts_forgiven += forgiven
+
+    async def probe_now(self) -> bool:
+        """``PING`` within the probe deadline; an answer closes the breaker (Valkey is back)."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                await self.client.ping()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+        self.breaker.success()
+        return True
 
     async def aclose(self) -> None:
         if self._probe is not None and not self._probe.done():

@@ -69,6 +69,15 @@ class CacheStats:
     memo_refused: int = 0
     #: memoized envelopes evicted to stay under parse_memo_maxbytes
     memo_evicted_for_weight: int = 0
+    #: outbox rows this cache source's replayer bumped and deleted
+    outbox_replayed: int = 0
+    #: targets bumped twice: a writer found its rows already replayed, or a replayed
+    #: batch's delete did not commit (harmless: it costs misses, never correctness)
+    outbox_double_bumps: int = 0
+    #: due rows the last poll left in place (0: caught up); a lower bound
+    outbox_backlog: int = 0
+    #: polls, replays or deletes of the outbox that PostgreSQL failed (retried later)
+    outbox_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

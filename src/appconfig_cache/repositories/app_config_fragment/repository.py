@@ -9,6 +9,7 @@ from uuid import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ...errors import AppConfigValidationError, TooManyItemsError
+from ...outbox.store import OutboxStore
 from ...tiered.local import MISS
 from ...types import (
     AppConfigData,
@@ -48,6 +49,8 @@ class AppConfigFragmentRepository:
     ) -> None:
         self._db = AppConfigFragmentDBSource(engine)
         self._cache = cache_source
+        if cache_source is not None:
+            cache_source.use_outbox(OutboxStore(engine))  # its replayer polls this engine
         self._names_ok: set[str] = set()  # names already validated: skip the regex on hot reads
 
     @property
@@ -210,8 +213,9 @@ class AppConfigFragmentRepository:
             return result
 
         done: list[tuple[int, AppConfigFragmentData]] = []
+        txids: list[int] = []
         try:
-            failures += await self._db.run_items(valid, run_one, done)
+            failures += await self._db.run_items(valid, run_one, done, txids)
         except BaseException:
             # Cancelled (or failed) half-way: an item may have committed without our
             # knowing. Invalidate every scope the call could have touched.
@@ -219,7 +223,8 @@ class AppConfigFragmentRepository:
                 self._cache.invalidate_keys_nowait([key for _, (key, _c) in valid])
             raise
         if self._cache is not None and done:
-            await self._cache.invalidate_keys([f.key for _, f in done])
+            acked = await self._cache.invalidate_keys([f.key for _, f in done])
+            self._cache.outbox_written(txids, acked)
         return done, sorted(failures, key=lambda f: f.index)
 
     def _known_name(self, name: str) -> bool:

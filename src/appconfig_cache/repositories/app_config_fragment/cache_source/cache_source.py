@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from ....errors import CacheSettingsError
+from ....outbox.store import OutboxStore
 from ....tiered.local import MISS
 from ....tiered.stats import CacheStats
 from ....types import AppConfigData, AppConfigFragmentKey, AppConfigScopeType
@@ -59,6 +60,12 @@ class AppConfigFragmentCacheSource:
       plus parsed view); a heavier envelope than an eighth of it is parsed each
       time. ``0`` turns the memo off.
     - ``timer``: the clock (monotonic seconds); tests inject one.
+    - ``retry_interval``: while bumps are pending, seconds between the recovery
+      task's attempts (a ``PING``, then the replay), read or no read.
+    - ``outbox_grace``, ``outbox_interval``, ``outbox_batch``: the outbox
+      replayer (I10) polls every ``outbox_interval`` seconds and replays rows
+      older than ``outbox_grace`` seconds, ``outbox_batch`` per transaction.
+      It runs once a repository has attached its engine's outbox.
     """
 
     def __init__(
@@ -83,6 +90,10 @@ class AppConfigFragmentCacheSource:
         local_maxbytes: int = 64 * 1024 * 1024,
         parse_memo_maxbytes: int = 16 * 1024 * 1024,
         timer: Callable[[], float] = time.monotonic,
+        retry_interval: float = 0.5,
+        outbox_grace: float = 2.0,
+        outbox_interval: float = 1.0,
+        outbox_batch: int = 500,
     ) -> None:
         settings = CacheSettings(
             ttl=ttl, local_ttl=local_ttl, local_maxsize=local_maxsize, timeout=timeout,
@@ -92,7 +103,8 @@ class AppConfigFragmentCacheSource:
             log_interval=log_interval, parse_memo_size=parse_memo_size,
             wait_replicas=wait_replicas, wait_timeout=wait_timeout, broadcast=broadcast,
             local_maxbytes=local_maxbytes, parse_memo_maxbytes=parse_memo_maxbytes,
-            timer=timer,
+            timer=timer, retry_interval=retry_interval, outbox_grace=outbox_grace,
+            outbox_interval=outbox_interval, outbox_batch=outbox_batch,
         )  # fmt: skip
         settings.check_client(valkey_client)
         self.client = valkey_client
@@ -194,9 +206,12 @@ class AppConfigFragmentCacheSource:
         """Drop a scope's views: USER one user, DOMAIN(_USER_DEFAULTS) a domain, PUBLIC all."""
         await self.invalidate_scopes([validate_scope(scope_type, scope_id)])
 
-    async def invalidate_for_policy(self, config_name: str) -> None:
-        """Drop every view of ``config_name`` (and the cached list of policy names)."""
-        await self._parts.invalidation.policy(config_name)
+    async def invalidate_for_policy(self, config_name: str) -> bool:
+        """Drop every view of ``config_name`` (and the cached list of policy names).
+
+        Returns whether Valkey acknowledged the bump (else it is pending).
+        """
+        return await self._parts.invalidation.policy(config_name)
 
     def invalidate_for_policy_nowait(self, config_name: str) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write)."""
@@ -219,13 +234,14 @@ class AppConfigFragmentCacheSource:
         """Invalidate validated scopes: L1 first, then one Valkey round trip for all."""
         await self._parts.invalidation.targets(list(scopes))
 
-    async def invalidate_keys(self, keys: Iterable[AppConfigFragmentKey]) -> None:
+    async def invalidate_keys(self, keys: Iterable[AppConfigFragmentKey]) -> bool:
         """Invalidate what writes to these (validated) fragment keys changed.
 
         Like :meth:`invalidate_scopes`, except that a public fragment only
         drops its own name's views (the name generation), not every document.
+        Returns whether Valkey acknowledged the bumps (else they are pending).
         """
-        await self._parts.invalidation.targets(targets_of(keys))
+        return await self._parts.invalidation.targets(targets_of(keys))
 
     def invalidate_keys_nowait(self, keys: Iterable[AppConfigFragmentKey]) -> None:
         """Invalidate L1 now and leave the Valkey bumps pending (for a cancelled write).
@@ -269,6 +285,7 @@ class AppConfigFragmentCacheSource:
         """
         if self._parts.broadcast is not None:
             self._parts.broadcast.ensure_started()
+        self._parts.outbox.ensure_started()
         if self._on_miss is not None:
             self._on_miss(user_id, names)
         return await self._parts.read_path.resolve(user_id, names, loader, shared)
@@ -277,10 +294,33 @@ class AppConfigFragmentCacheSource:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``."""
         return await self._parts.policy_names.get(loader)
 
+    # -- the outbox (I10) -------------------------------------------------------------
+
+    def use_outbox(self, outbox: OutboxStore) -> None:
+        """Replay ``outbox`` (a repository attaches its engine's); the first one stays."""
+        self._parts.outbox.attach(outbox)
+
+    def outbox_written(self, txids: Sequence[int], acked: bool) -> None:
+        """A write's transactions committed and were invalidated: ``acked`` ones'
+        outbox rows are deleted in the background; the others stay for a replayer."""
+        self._parts.outbox.written(txids, acked)
+        self._parts.outbox.ensure_started()
+
+    async def replay_outbox(
+        self, *, grace: float | None = None, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Replay the due outbox rows now (``grace`` overrides ``outbox_grace``); how many.
+
+        ``progress`` is called with the running total after each batch.
+        """
+        return await self._parts.outbox.replay_now(grace=grace, progress=progress)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe to the invalidation broadcast now (it starts lazily otherwise)."""
+        """Start the outbox replayer and subscribe to the invalidation broadcast now
+        (both start lazily otherwise, at the first miss or write)."""
+        self._parts.outbox.ensure_started()
         if self._parts.broadcast is not None:
             await self._parts.broadcast.wait_subscribed()
 
@@ -289,7 +329,10 @@ class AppConfigFragmentCacheSource:
         await self._parts.background.drain()
 
     async def aclose(self) -> None:
-        """Wait for background work, stop the probe and the subscription. Keeps the client."""
+        """Wait for background work, stop the probe, the replayers and the subscription.
+        Keeps the client. Pending bumps stay pending (the outbox keeps their rows)."""
+        await self._parts.outbox.aclose()
+        await self._parts.bumps.aclose()
         await self.drain()
         await self._parts.remote.aclose()
         if self._parts.broadcast is not None:

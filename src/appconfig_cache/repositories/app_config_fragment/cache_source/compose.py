@@ -31,6 +31,7 @@ from . import ablation
 from .generations import ViewGenerations
 from .invalidation import Invalidation
 from .lookup import Lookup
+from .outbox_link import OutboxLink
 from .policy_names import PolicyNames
 from .read_path import ReadPath
 from .renewal import Renewal
@@ -56,6 +57,7 @@ class Parts:
     policy_names: PolicyNames
     invalidation: Invalidation
     envelopes: EnvelopeReader[AppConfigData]
+    outbox: OutboxLink
 
 
 def _owner(view: AppConfigData) -> tuple[UUID, str]:
@@ -78,6 +80,7 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     bumps = Bumps(
         commands, readings, background, stats, failures, broadcast=broadcast,
         wait_replicas=s.wait_replicas, wait_ms=s.wait_ms, timer=timer,
+        retry_interval=s.retry_interval,
     )  # fmt: skip
     generations = ViewGenerations(readings, commands, failures)
     envelopes = EnvelopeReader(
@@ -111,9 +114,13 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
         local, readings, commands, bumps, stats, failures, local_ttl=s.local_ttl, timer=timer
     )
     invalidation = Invalidation(local, readings, bumps, policy_names)
+    outbox = OutboxLink(
+        invalidation, bumps, background, stats, failures,
+        grace=s.outbox_grace, interval=s.outbox_interval, batch=s.outbox_batch,
+    )  # fmt: skip
     if broadcast is not None:
         broadcast.on_message = invalidation.apply_remote
     return Parts(
         stats, background, remote, local, broadcast, bumps, renewal, read_path, lookup, store,
-        policy_names, invalidation, envelopes,
+        policy_names, invalidation, envelopes, outbox,
     )  # fmt: skip

@@ -45,22 +45,39 @@ class Invalidation:
     bumps: Bumps
     policy_names: PolicyNames
 
-    async def targets(self, targets: list[Target]) -> None:
+    async def targets(self, targets: list[Target]) -> bool:
+        """Returns whether Valkey acknowledged the bumps."""
         gen_keys = self._drop_local(targets)
-        if gen_keys:
-            await self.bumps.bump(gen_keys)
-            # A read that began while the INCR was in flight ran under the new version
-            # but saw the old generations: invalidate locally once more, so nothing
-            # it stored outlives this call (I2).
-            self._drop_local(targets)
+        if not gen_keys:
+            return True
+        acked = await self.bumps.bump(gen_keys)
+        # A read that began while the INCR was in flight ran under the new version
+        # but saw the old generations: invalidate locally once more, so nothing
+        # it stored outlives this call (I2).
+        self._drop_local(targets)
+        return acked
 
     def targets_nowait(self, targets: list[Target]) -> None:
         """L1 now; the bumps stay pending until the next read replays them."""
         self.bumps.later(self._drop_local(targets))
 
-    async def policy(self, config_name: str) -> None:
-        await self.bumps.bump(self._drop_policy_local(config_name))
+    async def policy(self, config_name: str) -> bool:
+        acked = await self.bumps.bump(self._drop_policy_local(config_name))
         self._drop_policy_local(config_name)  # as in targets()
+        return acked
+
+    async def replay(self, targets: list[Target], policy_names: list[str]) -> bool:
+        """What outbox rows name (checked already): L1, then one bump for all of it."""
+        gen_keys = self._drop_local(targets)
+        for name in policy_names:
+            gen_keys += self._drop_policy_local(name)
+        if not gen_keys:
+            return True
+        acked = await self.bumps.bump(list(dict.fromkeys(gen_keys)))
+        self._drop_local(targets)  # as in targets()
+        for name in policy_names:
+            self._drop_policy_local(name)
+        return acked
 
     def policy_nowait(self, config_name: str) -> None:
         self.bumps.later(self._drop_policy_local(config_name))

@@ -36,6 +36,11 @@ class CacheSettings:
     local_maxbytes: int = 64 * 1024 * 1024
     parse_memo_maxbytes: int = 16 * 1024 * 1024
     timer: Callable[[], float] = field(default=time.monotonic)
+    # durable invalidation (I10)
+    retry_interval: float = 0.5
+    outbox_grace: float = 2.0
+    outbox_interval: float = 1.0
+    outbox_batch: int = 500
 
     def __post_init__(self) -> None:
         if not isinstance(self.ttl, int) or self.ttl < 1:
@@ -52,6 +57,12 @@ class CacheSettings:
             raise CacheSettingsError("local_maxbytes and parse_memo_maxbytes must be whole bytes")
         if self.local_maxbytes < 0 or self.parse_memo_maxbytes < 0:
             raise CacheSettingsError("local_maxbytes and parse_memo_maxbytes must be >= 0")
+        if self.retry_interval <= 0 or self.outbox_interval <= 0 or self.outbox_grace < 0:
+            raise CacheSettingsError(
+                "retry_interval and outbox_interval must be > 0, outbox_grace >= 0"
+            )
+        if not isinstance(self.outbox_batch, int) or self.outbox_batch < 1:
+            raise CacheSettingsError(f"outbox_batch must be >= 1, got {self.outbox_batch!r}")
 
     def check_client(self, client: Any) -> None:
         if self.wait_replicas and is_cluster(client):

@@ -104,6 +104,11 @@ _FRAGMENT_COLUMNS = (
     fragments.c.created_at,
     fragments.c.updated_at,
 )
+#: the writing transaction, as the outbox trigger records it (``models.outbox.txid``)
+_TXID = sa.func.txid_current().label("outbox_txid")
+#: where ``_one_fragment`` leaves the txid for ``run_items`` (the write callables
+#: return the public fragment type, which has no place for it)
+_TXID_INFO = "appconfig_cache.outbox_txid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,18 +237,24 @@ class AppConfigFragmentDBSource:
         items: Sequence[tuple[int, T]],
         write: Callable[[AsyncConnection, T], Awaitable[AppConfigFragmentData]],
         done: list[tuple[int, AppConfigFragmentData]],
+        txids: list[int] | None = None,
     ) -> list[BulkFailure]:
         """Run ``write`` for each ``(index, item)`` in its own transaction.
 
         Committed items are appended to ``done`` as they commit, so a caller
-        that is cancelled half-way still knows what to invalidate. A failed
+        that is cancelled half-way still knows what to invalidate; their
+        transaction ids (those of their outbox rows) to ``txids``. A failed
         item is reported with its index and a stable code; the others go on.
         """
         failed: list[BulkFailure] = []
         for index, item in items:
             try:
                 async with self._engine.begin() as conn:
+                    conn.info.pop(_TXID_INFO, None)
                     done.append((index, await write(conn, item)))
+                    txid = conn.info.pop(_TXID_INFO, None)
+                    if txids is not None and txid is not None:
+                        txids.append(txid)
             except ItemFailure as exc:
                 failed.append(BulkFailure(index=index, code=exc.code, message=exc.message))
             except IntegrityError as exc:
@@ -277,7 +288,7 @@ class AppConfigFragmentDBSource:
                 scope_type=key.scope_type.value, scope_id=key.scope_id, name=key.name, config=config
             )
             .on_conflict_do_nothing(constraint="uq_app_config_fragment_key")
-            .returning(*_FRAGMENT_COLUMNS)
+            .returning(*_FRAGMENT_COLUMNS, _TXID)
         )
         return await _one_fragment(conn, stmt, key, "already_exists", "already exists")
 
@@ -289,14 +300,14 @@ class AppConfigFragmentDBSource:
             sa.update(fragments)
             .where(_key_filter(key))
             .values(config=config, updated_at=sa.func.now())
-            .returning(*_FRAGMENT_COLUMNS)
+            .returning(*_FRAGMENT_COLUMNS, _TXID)
         )
         return await _one_fragment(conn, stmt, key, "not_found", "does not exist")
 
     async def purge(
         self, conn: AsyncConnection, key: AppConfigFragmentKey
     ) -> AppConfigFragmentData:
-        stmt = sa.delete(fragments).where(_key_filter(key)).returning(*_FRAGMENT_COLUMNS)
+        stmt = sa.delete(fragments).where(_key_filter(key)).returning(*_FRAGMENT_COLUMNS, _TXID)
         return await _one_fragment(conn, stmt, key, "not_found", "does not exist")
 
 
@@ -307,6 +318,7 @@ async def _one_fragment(
     row = (await conn.execute(stmt)).one_or_none()
     if row is None:
         raise ItemFailure(code, f"fragment {_describe(key)} {missing}")
+    conn.info[_TXID_INFO] = row.outbox_txid
     return _fragment(row)
 
 

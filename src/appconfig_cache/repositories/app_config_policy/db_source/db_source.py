@@ -28,6 +28,8 @@ _COLUMNS = (
     policies.c.created_at,
     policies.c.updated_at,
 )
+#: the writing transaction, as the outbox trigger records it (``models.outbox.txid``)
+_TXID = sa.func.txid_current().label("outbox_txid")
 
 
 def _policy(row: Any) -> AppConfigPolicyData:
@@ -46,48 +48,60 @@ class AppConfigPolicyDBSource:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, name: str, chain: Sequence[AppConfigScopeType]) -> AppConfigPolicyData:
+    async def create(
+        self, name: str, chain: Sequence[AppConfigScopeType], txids: list[int] | None = None
+    ) -> AppConfigPolicyData:
+        """``txids``: where the committed write's transaction id goes (its outbox rows)."""
         stmt = (
             pg_insert(policies)
             .values(config_name=name, scope_sources=[s.value for s in chain])
             .on_conflict_do_nothing(index_elements=[policies.c.config_name])
-            .returning(*_COLUMNS)
+            .returning(*_COLUMNS, _TXID)
         )
-        row = await self._write_returning(stmt, "create")
+        row = await self._write_returning(stmt, "create", txids)
         if row is None:
             raise PolicyAlreadyExistsError(f"a policy for {name!r} already exists")
         return _policy(row)
 
-    async def update(self, name: str, chain: Sequence[AppConfigScopeType]) -> AppConfigPolicyData:
+    async def update(
+        self, name: str, chain: Sequence[AppConfigScopeType], txids: list[int] | None = None
+    ) -> AppConfigPolicyData:
         stmt = (
             sa.update(policies)
             .where(policies.c.config_name == name)
             .values(scope_sources=[s.value for s in chain], updated_at=sa.func.now())
-            .returning(*_COLUMNS)
+            .returning(*_COLUMNS, _TXID)
         )
-        row = await self._write_returning(stmt, "update")
+        row = await self._write_returning(stmt, "update", txids)
         if row is None:
             raise PolicyNotFoundError(f"no policy for {name!r}")
         return _policy(row)
 
-    async def _write_returning(self, stmt: sa.Executable, action: str) -> sa.Row[Any] | None:
+    async def _write_returning(
+        self, stmt: sa.Executable, action: str, txids: list[int] | None
+    ) -> sa.Row[Any] | None:
         """Run one ``RETURNING`` write in its own transaction; its row, or ``None``."""
         try:
             async with self._engine.begin() as conn:
-                return (await conn.execute(stmt)).one_or_none()
+                row = (await conn.execute(stmt)).one_or_none()
         except (SQLAlchemyError, OSError) as exc:
             raise AppConfigStorageError(f"policy {action} failed: {exc}") from exc
+        if row is not None and txids is not None:
+            txids.append(row.outbox_txid)
+        return row
 
-    async def purge(self, name: str) -> None:
+    async def purge(self, name: str, txids: list[int] | None = None) -> None:
         referenced = sa.exists().where(fragments.c.name == name)
         stmt = (
             sa.delete(policies)
             .where(policies.c.config_name == name, ~referenced)
-            .returning(policies.c.id)
+            .returning(policies.c.id, _TXID)
         )
         try:
             async with self._engine.begin() as conn:
                 deleted = (await conn.execute(stmt)).one_or_none()
+                if deleted is not None and txids is not None:
+                    txids.append(deleted.outbox_txid)
                 if deleted is None:
                     found = await conn.execute(
                         sa.select(sa.exists().where(policies.c.config_name == name))

@@ -1,0 +1,5 @@
+"""The outbox tests' fixtures (defined in ``tests.support.outbox``)."""
+
+from tests.support.outbox import make_reader
+
+__all__ = ["make_reader"]

@@ -1,0 +1,83 @@
+"""Outbox test helpers: reader stacks (each its own client, L1 and clock) and SQL.
+
+The ``make_reader`` fixture is imported by the conftest of each directory that uses it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from appconfig_cache import (
+    AppConfigFragmentCacheSource,
+    AppConfigFragmentRepository,
+    make_valkey_client,
+)
+from tests.support.clock import FakeClock
+
+
+@dataclass
+class Reader:
+    """One cache source as another process would have it: own client, own L1, own clock."""
+
+    client: Any
+    cache: AppConfigFragmentCacheSource
+    repo: AppConfigFragmentRepository
+    clock: FakeClock
+
+    def expire_l1(self) -> None:
+        """Move past L1's lifetime (and the generation readings'), so Valkey is asked."""
+        self.clock.advance(self.cache.local_ttl * 2 + 1)
+
+
+ReaderFactory = Callable[..., Awaitable[Reader]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def make_reader(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[ReaderFactory]:
+    made: list[Reader] = []
+
+    async def make(url: str | None = None, *, db: AsyncEngine | None = None, **kw: Any) -> Reader:
+        client = make_valkey_client(url or valkey_url, socket_timeout=1.0)
+        clock = FakeClock()
+        kw.setdefault("timer", clock)
+        kw.setdefault("outbox_interval", 3600.0)  # replays are driven by the test
+        cache = AppConfigFragmentCacheSource(client, **kw)
+        reader = Reader(client, cache, AppConfigFragmentRepository(db or engine, cache), clock)
+        made.append(reader)
+        return reader
+
+    yield make
+    for reader in made:
+        await reader.cache.aclose()
+        await reader.client.aclose()
+
+
+async def sql(engine: AsyncEngine, statement: str, **params: Any) -> None:
+    """A change behind the library's back: plain SQL in its own transaction."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(statement), params)
+
+
+async def outbox_rows(engine: AsyncEngine) -> list[tuple[str, str]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.text("SELECT kind, ident FROM app_config_outbox ORDER BY id"))
+        return [(kind, ident) for kind, ident in rows]
+
+
+async def add_outbox_rows(engine: AsyncEngine, rows: list[tuple[str, str]]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("INSERT INTO app_config_outbox (kind, ident) VALUES (:kind, :ident)"),
+            [{"kind": kind, "ident": ident} for kind, ident in rows],
+        )
+
+
+def new_user() -> uuid.UUID:
+    return uuid.uuid4()
