@@ -48,3 +48,8 @@ def merged_view_statement() -> Any:
     from appconfig_cache.repositories.app_config_fragment.db_source import db_source
 
     return db_source._MERGED_VIEW_SQL
+
+
+def broadcast_gap(cache: AppConfigFragmentCacheSource) -> None:
+    """Apply a gap in the broadcast now, as a lost or (re)confirmed subscription does."""
+    cache._parts.invalidation.apply_gap()

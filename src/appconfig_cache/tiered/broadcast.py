@@ -8,9 +8,13 @@ slot on a cluster. A message drops the matching L1 entries and updates the
 local generation cache, so other processes stop serving the old value within
 milliseconds instead of ``local_ttl``.
 
-Pub/sub is best effort: while the subscription is down (``stats.broadcast``
-says so) an instance falls back to the ``local_ttl`` bound. It neither clears
-nor bypasses L1 then.
+Pub/sub is best effort, and a dropped subscription loses the messages published
+meanwhile. So :attr:`Broadcast.on_gap` is called when the subscription is lost
+and again each time it is confirmed (the first time included): the cache
+source then drops every L1 entry and every generation reading taken before, so
+nothing cached before a gap is served until Valkey confirms it again. While
+the subscription is down, what is cached anew is bounded by ``local_ttl``, and
+dropped again once the subscription is back.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class Broadcast:
         self.reconnects = 0
         #: what a message from another instance calls with the generation keys it names
         self.on_message: Callable[[list[str]], None] = lambda keys: None
+        #: what a lost subscription and every confirmed one call: messages may be missed
+        self.on_gap: Callable[[], None] = lambda: None
+        self.gaps = 0
         self._reconnect_delay = reconnect_delay
         self._cluster = is_cluster(client)
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +99,8 @@ class Broadcast:
                         type(exc).__name__,
                         exc,
                     )
+                if self.state == "up":
+                    self._gap()  # once per loss, not at every failed reconnect
                 self.state = "down"
                 self._subscribed.clear()
                 self.reconnects += 1
@@ -125,6 +134,9 @@ class Broadcast:
             return
         head = reply[0]
         if head in (b"subscribe", b"ssubscribe"):
+            # Messages published before now reached no one here: drop what they may
+            # have outdated, before anyone sees the state "up".
+            self._gap()
             self.state = "up"
             self._subscribed.set()
             return
@@ -142,6 +154,10 @@ class Broadcast:
             return
         self.received += 1
         self.on_message([k for k in keys if isinstance(k, str)])
+
+    def _gap(self) -> None:
+        self.gaps += 1
+        self.on_gap()
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -51,6 +51,8 @@ class CacheStats:
     #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)
     broadcast: str = "off"
     broadcast_received: int = 0
+    #: subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings
+    broadcast_gaps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,7 +50,8 @@ class AppConfigFragmentCacheSource:
     - ``breaker_*``: see :class:`~appconfig_cache.tiered.remote.CircuitBreaker`.
     - ``wait_replicas``, ``wait_timeout``: ``WAIT`` for that many replicas after
       each bump (standalone servers only).
-    - ``broadcast``: publish bumps and drop other processes' entries at once.
+    - ``broadcast``: publish bumps and drop other processes' entries at once;
+      after a lost subscription, nothing cached before it is served unconfirmed.
     - ``timer``: the clock (monotonic seconds); tests inject one.
     """
 
@@ -106,6 +107,7 @@ class AppConfigFragmentCacheSource:
         if parts.broadcast is not None:
             stats.broadcast = parts.broadcast.state
             stats.broadcast_received = parts.broadcast.received
+            stats.broadcast_gaps = parts.broadcast.gaps
         return stats
 
     def local_size(self) -> int:
