@@ -53,3 +53,8 @@ def merged_view_statement() -> Any:
 def broadcast_gap(cache: AppConfigFragmentCacheSource) -> None:
     """Apply a gap in the broadcast now, as a lost or (re)confirmed subscription does."""
     cache._parts.invalidation.apply_gap()
+
+
+def cluster_root(cluster: Any) -> Any:
+    """The directory an embedded cluster keeps its nodes' files in (None: stopped)."""
+    return cluster._root
