@@ -95,7 +95,7 @@ class Broadcast:
             except Exception as exc:
                 if self.state == "up":
                     _logger.warning(
-                        "invalidation broadcast lost (%s: %s): falling back to local_ttl",
+                        "invalidation broadcast lost (%s: %s): L1 dropped, resubscribing",
                         type(exc).__name__,
                         exc,
                     )
