@@ -159,3 +159,36 @@ def test_forget_all_refuses_replies_to_requests_sent_before() -> None:
     after = readings.next_request()
     readings.put("app_config:gen:name:x", 8, 0.0, after)
     assert readings.get("app_config:gen:name:x", 0.0) == (8, 0.0, after)
+
+
+async def test_a_silent_subscription_counts_as_lost(
+    engine: AsyncEngine, valkey_url: str, valkey_proxy: FaultProxy
+) -> None:
+    """A node that hangs (or a network that drops packets) never closes the connection:
+    the subscription's PINGs go unanswered, and that silence is a gap like a drop."""
+    await add_policy(engine, "theme")
+    uid = await add_user(engine, domain="d1")
+    await AppConfigFragmentRepository(engine).bulk_create_my(
+        uid, [MyFragmentInput(name="theme", config={"v": 1})]
+    )
+    client, b, repo_b = await _reader(engine, valkey_proxy.url)
+    client_a = make_valkey_client(valkey_url)
+    a = AppConfigFragmentCacheSource(client_a, broadcast=True)
+    try:
+        assert (await repo_b.app_config(uid, "theme")).config == {"v": 1}
+        gaps, received = b.stats.broadcast_gaps, b.stats.broadcast_received
+        valkey_proxy.set_blackhole()  # B's connections stay open; nothing gets through
+        await AppConfigFragmentRepository(engine, cache_source=a).bulk_update_my(
+            uid, [MyFragmentInput(name="theme", config={"v": 2})]
+        )
+        await wait_for(lambda: b.stats.broadcast == "down", what="B to notice the silence")
+        assert b.stats.broadcast_gaps == gaps + 1
+        valkey_proxy.set_pass()
+        await wait_for(lambda: b.stats.broadcast == "up", what="B to resubscribe")
+        assert (await repo_b.app_config(uid, "theme")).config == {"v": 2}
+        assert b.stats.broadcast_received == received  # the message itself was lost
+    finally:
+        await a.aclose()
+        await client_a.aclose()
+        await b.aclose()
+        await client.aclose()
