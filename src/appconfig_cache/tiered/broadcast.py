@@ -99,14 +99,13 @@ class Broadcast:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.state == "up":
+                if self.state == "up":  # once per loss, not at every failed reconnect
                     _logger.warning(
                         "invalidation broadcast lost (%s: %s): L1 dropped, resubscribing",
                         type(exc).__name__,
                         exc,
                     )
-                if self.state == "up":
-                    self._gap()  # once per loss, not at every failed reconnect
+                    self._gap()
                 self.state = "down"
                 self._subscribed.clear()
                 self.reconnects += 1
