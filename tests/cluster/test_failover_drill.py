@@ -12,6 +12,7 @@ FAILOVER`` on its replica (a planned switch). The drill asserts what must hold:
 
 It prints what it measures: the worst request latency, the promotion time, and how
 long the readers' Valkey hit rate took to come back. Those are never asserted.
+``APPCONFIG_DRILL_LOG=1`` also prints the workers' cache warnings (monotonic times).
 """
 
 from __future__ import annotations
