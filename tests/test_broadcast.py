@@ -82,7 +82,7 @@ async def test_without_broadcast_other_instance_waits_for_local_ttl(engine, valk
     await b.aclose()
 
 
-async def test_lost_subscription_falls_back_to_local_ttl(
+async def test_lost_subscription_drops_l1_and_comes_back(
     broadcasting: Any, valkey_client: Any
 ) -> None:
     uid, repo_a, repo_b, a, b = broadcasting
@@ -93,10 +93,10 @@ async def test_lost_subscription_falls_back_to_local_ttl(
     await wait_for(
         lambda: b.stats.broadcast != "up", what="B to notice the lost subscription", timeout=5.0
     )
-    # B neither clears nor bypasses L1: it still answers from L1.
+    # Messages may be lost meanwhile: B no longer serves what it cached before the drop.
     hits = b.stats.l1_hits
     assert (await repo_b.app_config(uid, "theme")).config == {"c": 1}
-    assert b.stats.l1_hits == hits + 1
+    assert b.stats.l1_hits == hits  # read again, not served from L1
     # The subscription comes back by itself, and then works again.
     await wait_for(
         lambda: a.stats.broadcast == "up" and b.stats.broadcast == "up",

@@ -248,6 +248,32 @@ def _cache_samples(f: _Families, source: _Source) -> None:
         c,
         s.broadcast_received,
     )
+    f.counter(
+        "broadcast_gaps_total",
+        "Subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings.",
+        c,
+        s.broadcast_gaps,
+    )
+    f.gauge(
+        "outbox_backlog",
+        "Due outbox rows the replayer's last poll left in place (a lower bound; 0: caught up).",
+        c,
+        s.outbox_backlog,
+    )
+    f.counter(
+        "outbox_replayed_total", "Outbox rows this replayer bumped and deleted.", c,
+        s.outbox_replayed,
+    )  # fmt: skip
+    f.counter(
+        "outbox_double_bumps_total",
+        "Targets bumped twice (harmless: costs misses, never correctness).",
+        c,
+        s.outbox_double_bumps,
+    )
+    f.counter(
+        "outbox_errors_total", "Outbox polls, replays or deletes that PostgreSQL failed.", c,
+        s.outbox_errors,
+    )  # fmt: skip
 
 
 def _monitor_samples(f: _Families, name: str, monitor: ConsistencyMonitor) -> None:

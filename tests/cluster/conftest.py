@@ -15,7 +15,12 @@ import pytest
 import pytest_asyncio
 import valkey.asyncio as valkey_asyncio
 
-from appconfig_cache.embedded import EmbeddedValkeyCluster, EmbeddedValkeyReplicaPair
+from appconfig_cache.embedded import (
+    EmbeddedValkeyCluster,
+    EmbeddedValkeyReplicaPair,
+    EmbeddedValkeyReplicatedCluster,
+)
+from appconfig_cache.embedded._base import admin_clients
 
 # The cluster itself (_session_embedded_cluster, valkey_cluster_url, cluster_client)
 # lives in tests/conftest.py: tests/cache runs its whole suite on it in py311-cluster.
@@ -80,3 +85,43 @@ async def replica_pair(
 
 async def _repair(pair: EmbeddedValkeyReplicaPair) -> None:
     await asyncio.to_thread(pair.ensure_running)
+
+
+# -- 3 primaries + 3 replicas (the failover drill) ------------------------------------------
+
+
+# The drill and the other failover tests take a minute or two: they run in one tox env.
+FAILOVER_ENV = "APPCONFIG_CACHE_FAILOVER_TESTS"
+
+
+@pytest.fixture(scope="session")
+def _session_replicated_cluster() -> Iterator[EmbeddedValkeyReplicatedCluster]:
+    if not os.environ.get(FAILOVER_ENV):
+        pytest.skip(f"failover tests run with {FAILOVER_ENV}=1 (tox -e py311-cluster sets it)")
+    with EmbeddedValkeyReplicatedCluster(primaries=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def replicated_cluster(
+    _session_replicated_cluster: EmbeddedValkeyReplicatedCluster,
+) -> Iterator[EmbeddedValkeyReplicatedCluster]:
+    """An embedded 3 + 3 cluster, every node running, replicas in sync, and empty.
+
+    Tests may kill, pause or fail over any node; it is healthy again afterwards (a
+    killed node comes back empty and follows whichever node now serves its slots).
+    """
+    cluster = _session_replicated_cluster
+    _repair_replicated(cluster)
+    with admin_clients(cluster.host, cluster.ports) as clients:
+        for client in clients:
+            if client.info("replication").get("role") == "master":
+                client.flushall()
+    yield cluster
+    _repair_replicated(cluster)
+
+
+def _repair_replicated(cluster: EmbeddedValkeyReplicatedCluster) -> None:
+    for node in cluster.nodes:
+        node.ensure_running()
+    cluster.wait_until_ok(timeout=30.0)

@@ -17,6 +17,8 @@ path) and forwards each accepted connection to the target. Modes:
   server never sees the request.
 - ``answer(reply)``: answer every complete RESP command with ``reply`` (for
   example ``b"-ERR injected\\r\\n"`` or a well-formed reply of the wrong type).
+- ``hold``: connections already open pass; new ones are accepted but parked,
+  unforwarded, until the mode changes (a reconnect held back).
 - ``drop(pattern, action)``: a connection whose request bytes contain
   ``pattern`` (``b"INCRBY"``: an invalidation) loses them: ``swallow`` never
   forwards them nor anything after on that connection, ``reset`` aborts it.
@@ -265,6 +267,7 @@ class FaultProxy:
         self.drop_action = "swallow"
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
+        self._held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self.host = "127.0.0.1"
         self.port = 0
@@ -282,6 +285,9 @@ class FaultProxy:
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
+        for _reader, writer in self._held:
+            _abort(writer)
+        self._held.clear()
         self.abort_all()
         for task in list(self._handlers):
             with contextlib.suppress(BaseException):
@@ -316,6 +322,10 @@ class FaultProxy:
             setattr(self, key, value)
         self.mode = mode
         self.stats.modes.append(mode)
+        held, self._held = self._held, []
+        if mode != "hold":
+            for reader, writer in held:
+                self._accept(reader, writer)
 
     def set_pass(self) -> None:
         self._set("pass")
@@ -327,6 +337,9 @@ class FaultProxy:
 
     def set_blackhole(self) -> None:
         self._set("blackhole")
+
+    def set_hold(self) -> None:
+        self._set("hold")
 
     def set_reset(self) -> None:
         self._set("reset")
@@ -360,6 +373,9 @@ class FaultProxy:
     # -- connections -------------------------------------------------------------------
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "hold":
+            self._held.append((reader, writer))
+            return
         self.stats.accepted += 1
         if self.mode == "reset":
             self.stats.aborted += 1

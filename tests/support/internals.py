@@ -54,3 +54,13 @@ def bump_recovery(cache: AppConfigFragmentCacheSource) -> asyncio.Task[None] | N
     """The task that replays pending bumps once Valkey answers (None: none started)."""
     task: asyncio.Task[None] | None = cache._parts.bumps._recovery
     return task
+
+
+def broadcast_gap(cache: AppConfigFragmentCacheSource) -> None:
+    """Apply a gap in the broadcast now, as a lost or (re)confirmed subscription does."""
+    cache._parts.invalidation.apply_gap()
+
+
+def cluster_root(cluster: Any) -> Any:
+    """The directory an embedded cluster keeps its nodes' files in (None: stopped)."""
+    return cluster._root

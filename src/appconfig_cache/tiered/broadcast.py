@@ -8,9 +8,16 @@ slot on a cluster. A message drops the matching L1 entries and updates the
 local generation cache, so other processes stop serving the old value within
 milliseconds instead of ``local_ttl``.
 
-Pub/sub is best effort: while the subscription is down (``stats.broadcast``
-says so) an instance falls back to the ``local_ttl`` bound. It neither clears
-nor bypasses L1 then.
+Pub/sub is best effort, and a dropped subscription loses the messages published
+meanwhile. So :attr:`Broadcast.on_gap` is called when the subscription is lost
+and again each time it is confirmed (the first time included): the cache
+source then drops every L1 entry and every generation reading taken before, so
+nothing cached before a gap is served until Valkey confirms it again. While
+the subscription is down, what is cached anew is bounded by ``local_ttl``, and
+dropped again once the subscription is back. A subscription that stops
+answering (the node hangs, the network drops packets) is a lost one too: it
+is sent a ``PING`` every ``ping_interval`` seconds, and a silence of that long
+ends it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Broadcast:
         client: Any,
         *,
         reconnect_delay: float = 0.5,
+        ping_interval: float = 1.0,
     ) -> None:
         self.client = client
         self.instance = uuid.uuid4().hex
@@ -51,7 +59,12 @@ class Broadcast:
         self.reconnects = 0
         #: what a message from another instance calls with the generation keys it names
         self.on_message: Callable[[list[str]], None] = lambda keys: None
+        #: what a lost subscription and every confirmed one call: messages may be missed
+        self.on_gap: Callable[[], None] = lambda: None
+        self.gaps = 0
         self._reconnect_delay = reconnect_delay
+        self._ping_interval = ping_interval
+        self._awaiting_reply = False  # a command was sent and nothing came back since
         self._cluster = is_cluster(client)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -86,12 +99,13 @@ class Broadcast:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self.state == "up":
+                if self.state == "up":  # once per loss, not at every failed reconnect
                     _logger.warning(
-                        "invalidation broadcast lost (%s: %s): falling back to local_ttl",
+                        "invalidation broadcast lost (%s: %s): L1 dropped, resubscribing",
                         type(exc).__name__,
                         exc,
                     )
+                    self._gap()
                 self.state = "down"
                 self._subscribed.clear()
                 self.reconnects += 1
@@ -99,14 +113,38 @@ class Broadcast:
 
     async def _listen_once(self) -> None:
         connection, verb, kind = await self._subscriber()
+        reader: asyncio.Task[None] | None = None
         try:
-            await connection.connect()
+            async with asyncio.timeout(2 * self._ping_interval):
+                await connection.connect()
             await connection.send_command(verb, CHANNEL)
-            while True:
-                reply = await connection.read_response(timeout=None)
-                self._on_reply(reply, kind)
+            self._awaiting_reply = True
+            reader = asyncio.get_running_loop().create_task(self._read(connection, kind))
+            await self._watch(connection, reader)
         finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
             await connection.disconnect()
+
+    async def _read(self, connection: Any, kind: bytes) -> None:
+        while True:
+            reply = await connection.read_response(timeout=None)
+            self._on_reply(reply, kind)
+
+    async def _watch(self, connection: Any, reader: asyncio.Task[None]) -> None:
+        """PING every ``ping_interval``: a node that hangs (``SIGSTOP``, a partition)
+        never closes the connection, and its silence must count as a lost subscription."""
+        while True:
+            done, _ = await asyncio.wait([reader], timeout=self._ping_interval)
+            if done:
+                reader.result()  # raises what ended the subscription
+                return
+            if self._awaiting_reply:
+                raise ConnectionError(f"no reply within {self._ping_interval}s")
+            self._awaiting_reply = True
+            await connection.send_command("PING")
 
     async def _subscriber(self) -> tuple[Any, str, bytes]:
         """A dedicated connection (same settings as the client's, TLS included), the verb
@@ -121,10 +159,14 @@ class Broadcast:
         return node.connection_class(**kwargs), "SSUBSCRIBE", b"smessage"
 
     def _on_reply(self, reply: Any, kind: bytes) -> None:
+        self._awaiting_reply = False
         if not isinstance(reply, list) or not reply:
             return
         head = reply[0]
         if head in (b"subscribe", b"ssubscribe"):
+            # Messages published before now reached no one here: drop what they may
+            # have outdated, before anyone sees the state "up".
+            self._gap()
             self.state = "up"
             self._subscribed.set()
             return
@@ -142,6 +184,10 @@ class Broadcast:
             return
         self.received += 1
         self.on_message([k for k in keys if isinstance(k, str)])
+
+    def _gap(self) -> None:
+        self.gaps += 1
+        self.on_gap()
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -8,6 +8,13 @@ that into a miss.
 The server epoch rides along when it is due: ``INFO server`` in the same
 pipeline on a standalone server; on a cluster, from every primary, in
 parallel with the pipeline.
+
+On a cluster, the client learns a failover (``MOVED``, a lost connection) and
+then sends a slot's commands to another node. From then on the generations it
+reads are the promoted replica's, which may lack the last bumps. So after every
+call the client's set of primaries is compared with the one the epoch was read
+from: if it changed, the epoch is forgotten and read again, and nothing
+computed under the old one can match (see docs/reliability.rst).
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ class Commands:
         self.cluster = is_cluster(client)
         self._readings = readings
         self._ttl = ttl
+        #: the cluster's primaries when the epoch was last read (None: standalone)
+        self._epoch_primaries: frozenset[str] | None = None
 
     async def lookup(
         self, user_keys: list[str], gen_keys: list[str], now: float, request: int
@@ -82,7 +91,7 @@ class Commands:
 
             return await self._pipelined(queue, now, request)
         client = self.client
-        return [await self.remote.call(lambda: client.mget(user_keys))]
+        return [await self._call(lambda: client.mget(user_keys))]
 
     async def read_gens(
         self, gen_keys: list[str], now: float, request: int, *, epoch: bool = False
@@ -103,7 +112,7 @@ class Commands:
             for key, base in bases.items():
                 pipe.set(key, base, nx=True, get=True)
 
-        reply = await self.remote.call(self._run(queue))
+        reply = await self._call(self._run(queue))
         return [
             base if raw is None else as_int(raw)
             for base, raw in zip(bases.values(), reply, strict=True)
@@ -129,7 +138,7 @@ class Commands:
                 pipe.execute_command("WAIT", wait_replicas, wait_ms)
 
         # WAIT blocks up to wait_ms on the server: the budget must cover it.
-        reply = await self.remote.call(self._run(queue), extra_time=wait_ms / 1000)
+        reply = await self._call(self._run(queue), extra_time=wait_ms / 1000)
         gens = [as_int(raw) for raw in reply[1 : 2 * len(bases) : 2]]
         if len(gens) != len(bases):
             raise BadReply(f"{len(reply)} replies to {len(bases)} bumps")
@@ -142,7 +151,7 @@ class Commands:
             for key, payload in sets:
                 pipe.set(key, payload, ex=self._ttl)
 
-        await self.remote.call(self._run(queue))
+        await self._call(self._run(queue))
 
     async def read_listed(
         self, list_key: str, gen_key: str, base: int, now: float, request: int
@@ -159,7 +168,7 @@ class Commands:
 
     async def store(self, key: str, payload: bytes) -> None:
         client = self.client
-        await self.remote.call(lambda: client.set(key, payload, ex=self._ttl))
+        await self._call(lambda: client.set(key, payload, ex=self._ttl))
 
     def _run(self, queue: Callable[[Any], None]) -> Callable[[], Any]:
         async def run() -> Any:
@@ -186,12 +195,35 @@ class Commands:
                 return await pipe.execute(), None
             return await asyncio.gather(pipe.execute(), self._cluster_info())
 
-        reply, cluster_info = await self.remote.call(run)
         if not epoch_due:
+            reply, _ = await self._call(run)
             return list(reply)
+        primaries = self._primaries()
+        try:
+            reply, cluster_info = await self.remote.call(run)
+        finally:
+            changed = primaries != self._primaries()
+            if changed:  # the map moved while INFO was on its way: read it again
+                self._readings.forget_epoch()
         info = reply[-1] if info_in_pipe else cluster_info
-        self._readings.put_epoch(server_epoch_of(info), now, request)
+        if not changed:
+            self._readings.put_epoch(server_epoch_of(info), now, request)
+            self._epoch_primaries = primaries
         return list(reply[:-1] if info_in_pipe else reply)
+
+    async def _call(self, run: Callable[[], Any], *, extra_time: float = 0.0) -> Any:
+        """One call under the budget; then, on a cluster, the failover check."""
+        try:
+            return await self.remote.call(run, extra_time=extra_time)
+        finally:
+            if self.cluster and self._primaries() != self._epoch_primaries:
+                self._readings.forget_epoch()
+
+    def _primaries(self) -> frozenset[str] | None:
+        """The names of the nodes the client takes for primaries now (None: standalone)."""
+        if not self.cluster:
+            return None
+        return frozenset(node.name for node in self.client.get_primaries())
 
     async def _cluster_info(self) -> Any:
         return await self.client.info("server", target_nodes=self.client.PRIMARIES)

@@ -334,6 +334,11 @@ class LocalTier(Generic[V]):
     def invalidate_name(self, name: str) -> None:
         self._name_at[name] = self._bump()
 
+    def invalidate_all(self) -> None:
+        """Make every entry and every load in flight stale (missed broadcasts: see
+        :mod:`.broadcast`). Entries are dropped when next looked at, never served."""
+        self._floor = self._bump()
+
     def mark(self) -> int:
         """Advance the version without a record: returns the new version."""
         return self._bump()

@@ -44,6 +44,7 @@ class Readings:
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._request = 0
+        self._floor = 0  # replies to requests numbered below this are not kept
         self._gens: dict[str, Reading] = {}
         #: the keys of ``_gens`` that are not a user's (few: public, names, domains)
         self._shared_keys: set[str] = set()
@@ -67,7 +68,7 @@ class Readings:
     def put(self, key: str, value: int | None, read_at: float, request: int) -> None:
         """Remember what request ``request`` read, unless a newer request's reading is kept."""
         found = self._gens.get(key)
-        if found is not None and found.request > request:
+        if (found is not None and found.request > request) or request < self._floor:
             return
         if len(self._gens) > _MAX_READINGS:
             self._gens.clear()
@@ -77,6 +78,12 @@ class Readings:
     def forget(self, key: str, request: int) -> None:
         """Mark ``key`` unknown; replies to requests older than ``request`` cannot revive it."""
         self._record(key, Reading(None, _FORGOTTEN, request))
+
+    def forget_all(self) -> None:
+        """Forget every generation reading; replies to requests already sent are not kept."""
+        self._floor = self.next_request()
+        self._gens.clear()
+        self._shared_keys.clear()
 
     def _record(self, key: str, reading: Reading) -> None:
         self._gens[key] = reading

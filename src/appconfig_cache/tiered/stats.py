@@ -78,6 +78,8 @@ class CacheStats:
     outbox_backlog: int = 0
     #: polls, replays or deletes of the outbox that PostgreSQL failed (retried later)
     outbox_errors: int = 0
+    #: subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings
+    broadcast_gaps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

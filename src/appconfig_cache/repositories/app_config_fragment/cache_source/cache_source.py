@@ -52,7 +52,8 @@ class AppConfigFragmentCacheSource:
     - ``breaker_*``: see :class:`~appconfig_cache.tiered.remote.CircuitBreaker`.
     - ``wait_replicas``, ``wait_timeout``: ``WAIT`` for that many replicas after
       each bump (standalone servers only).
-    - ``broadcast``: publish bumps and drop other processes' entries at once.
+    - ``broadcast``: publish bumps and drop other processes' entries at once;
+      after a lost subscription, nothing cached before it is served unconfirmed.
     - ``local_maxbytes``: L1's budget in bytes, of the views' estimated memory
       (``tiered/weights.py``); a view weighing more than an eighth of it is
       served but not kept in L1. ``0`` turns L1 off.
@@ -130,6 +131,7 @@ class AppConfigFragmentCacheSource:
         if parts.broadcast is not None:
             stats.broadcast = parts.broadcast.state
             stats.broadcast_received = parts.broadcast.received
+            stats.broadcast_gaps = parts.broadcast.gaps
         stats.l1_bytes, stats.l1_refused, stats.l1_evicted_for_weight = parts.local.usage()
         memo = parts.envelopes.memo_usage()
         stats.memo_bytes, stats.memo_refused, stats.memo_evicted_for_weight = memo

@@ -5,7 +5,7 @@ renewal, recomposition, the lookup and the store; those use the generation
 readings, Valkey commands and L1; nothing below calls back up. Two hooks are
 set here, where they can be seen: a connection failure makes the readings
 forget the server epoch (Valkey may have restarted), and a broadcast message
-is applied by the invalidation collaborator.
+(and a gap in the broadcast) is applied by the invalidation collaborator.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     )  # fmt: skip
     if broadcast is not None:
         broadcast.on_message = invalidation.apply_remote
+        broadcast.on_gap = invalidation.apply_gap
     return Parts(
         stats, background, remote, local, broadcast, bumps, renewal, read_path, lookup, store,
         policy_names, invalidation, envelopes, outbox,

@@ -131,3 +131,10 @@ class Invalidation:
             else:  # policies
                 self.policy_names.changed()
             self.readings.forget(key, request)
+
+    def apply_gap(self) -> None:
+        """The broadcast may have missed messages: nothing cached before is served until
+        Valkey confirms it (every L1 entry dropped, every generation read again)."""
+        self.local.invalidate_all()
+        self.readings.forget_all()
+        self.policy_names.changed()
