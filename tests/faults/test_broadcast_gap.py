@@ -139,12 +139,12 @@ def test_invalidate_all_makes_every_entry_unservable() -> None:
     clock = FakeClock()
     local: LocalTier[str] = LocalTier(16, 30.0, clock, Readings(30.0))
     uid = UUID(int=1)
-    assert local.put(uid, "a", "view", "d1", local.version, clock() + 30.0)
+    assert local.put(uid, "a", "view", "d1", local.version, clock() + 30.0, weight=1)
     version = local.version
     local.invalidate_all()
     assert local.get(uid, "a") is MISS
-    assert not local.put(uid, "b", "late", "d1", version, clock() + 30.0)  # began before it
-    assert local.put(uid, "b", "new", "d1", local.version, clock() + 30.0)
+    assert not local.put(uid, "b", "late", "d1", version, clock() + 30.0, weight=1)  # began before
+    assert local.put(uid, "b", "new", "d1", local.version, clock() + 30.0, weight=1)
     assert local.get(uid, "b") == "new"
 
 
