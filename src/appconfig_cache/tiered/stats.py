@@ -51,6 +51,8 @@ class CacheStats:
     #: the invalidation broadcast: off, connecting, up, down (then local_ttl bounds staleness)
     broadcast: str = "off"
     broadcast_received: int = 0
+    #: bootstraps that read the views of an expired names list, then found it changed
+    bootstrap_list_changed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

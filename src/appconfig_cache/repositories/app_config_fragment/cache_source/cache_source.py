@@ -233,6 +233,15 @@ class AppConfigFragmentCacheSource:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``."""
         return await self._parts.policy_names.get(loader)
 
+    async def bootstrap(
+        self,
+        names_loader: Callable[[], Awaitable[list[str]]],
+        read: Callable[[list[str]], Awaitable[list[AppConfigData]]],
+    ) -> list[AppConfigData]:
+        """The views (``read``) of every name with a policy, in the list's order; an
+        unchanged names list costs no round trip of its own (see :mod:`.policy_names`)."""
+        return await self._parts.policy_names.bootstrap(names_loader, read)
+
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
