@@ -238,8 +238,11 @@ class AppConfigFragmentCacheSource:
         names_loader: Callable[[], Awaitable[list[str]]],
         read: Callable[[list[str]], Awaitable[list[AppConfigData]]],
     ) -> list[AppConfigData]:
-        """The views (``read``) of every name with a policy, in the list's order; an
-        unchanged names list costs no round trip of its own (see :mod:`.policy_names`)."""
+        """The views (``read``) of every name with a policy, in the list's order.
+
+        An expired but unchanged names list costs no round trip of its own: the views of
+        its names are read first, and their round trip confirms the list.
+        """
         return await self._parts.policy_names.bootstrap(names_loader, read)
 
     # -- lifecycle ------------------------------------------------------------------
