@@ -141,32 +141,43 @@ async def expire_in_valkey(t: Tiers, uid: Any, *names: str) -> None:
     await t.valkey.delete(*keys, f"app_config:user_domain:{{{uid}}}")
 
 
-@pytest.mark.parametrize("process", ["same", "fresh"])
+@pytest.mark.parametrize("process", ["same", "fresh", "fresh, user_domain kept"])
 async def test_full_miss_of_a_returning_user_asks_valkey_once(seeded: Seeded, process: str) -> None:
-    """The first read after a break: the user's L1 entry and envelope have both expired."""
+    """The first read after a break: the user's L1 entry and envelope have both expired.
+
+    A process that never read the user but finds Valkey's ``user_domain`` (and no
+    envelope) reads that domain's generation in a second round trip, so that its fill
+    can go under it: the one case with two round trips before the answer.
+    """
     t, w = seeded
     assert t.cache is not None
     await t.repo.app_configs(w.u1, ["theme", "menu"])
     await t.cache.drain()
     t.clock.advance(AFTER_A_BREAK)
     await expire_in_valkey(t, w.u1, "theme", "menu")
-    if process == "fresh":  # a process that never read u1: its domain is unknown here
-        repo, t.cache, t.client, _clock = t.make_repo(local_maxsize=4096 if t.l1 else 0)
-    else:
+    if process == "fresh, user_domain kept":
+        await t.valkey.set(f"app_config:user_domain:{{{w.u1}}}", "d1")
+    if process == "same":
         repo = t.repo
+    else:  # a process that never read u1: its domain is unknown here
+        repo, t.cache, t.client, _clock = t.make_repo(local_maxsize=4096 if t.l1 else 0)
+    rounds = 2 if process == "fresh, user_domain kept" else 1
     before, _rt, sql, _shape = await measure_answer(
         t, f"full miss, returning user ({process} process)", repo.app_config(w.u1, "theme")
     )
-    assert (before, sql) == (1, 1)
+    assert (before, sql) == (rounds, 1)
+    # filled when d1's generation was read before the query
+    envelope = await t.valkey.get(f"app_config:merged:{{{w.u1}}}:theme")
+    assert (envelope is not None) == (process != "fresh")
     assert await repo.app_config(w.u1, "theme") == await t.db.app_config(w.u1, "theme")
-    # the batch path: the same one round trip before the answer
+    # the batch path: one round trip before the answer (the domain is known by now)
     before, _rt, sql, _shape = await measure_answer(
         t, f"batch full miss, returning user ({process} process)",
         repo.app_configs(w.u1, ["menu"]),
     )  # fmt: skip
     assert (before, sql) == (1, 1)
-    if process == "same":  # d1's generation was read before the query: the envelope is back
-        assert await t.valkey.get(f"app_config:merged:{{{w.u1}}}:theme") is not None
+    # this process knows u1's domain now: filled
+    assert await t.valkey.get(f"app_config:merged:{{{w.u1}}}:menu") is not None
 
 
 async def test_miss_of_a_new_user_asks_valkey_once(seeded: Seeded) -> None:
@@ -214,9 +225,10 @@ async def test_fresh_process_reads_a_warm_envelope(seeded: Seeded) -> None:
     print(f"\n[{t.mode}] a fresh instance's L2 hit: {client.round_trips} round trips {shape}")
     assert view == await t.db.app_config(w.u1, "theme")
     assert sql.count == 0 and cache.stats.l2_hits == 1
-    # the lookup with the due generations, then the domain's generation (never the DB)
+    # the lookup with the due generations, then the domain's generation (read or created;
+    # never the DB)
     assert client.round_trips == 2
-    assert shape[1] == ["get"]
+    assert shape[1] == ["set"]
 
 
 INVALIDATIONS: dict[str, Any] = {

@@ -127,15 +127,28 @@ class Commands:
         return LookupReply(values, user_value, created)
 
     async def read_gens(
-        self, gen_keys: list[str], now: float, request: int, *, epoch: bool = False
+        self,
+        gen_keys: list[str],
+        now: float,
+        request: int,
+        *,
+        epoch: bool = False,
+        bases: list[int] | None = None,
     ) -> list[int | None]:
-        """The generations of ``gen_keys`` (None: absent); ``epoch``: read the epoch too."""
+        """The generations of ``gen_keys`` (None: absent); ``epoch``: read the epoch too;
+        ``bases``: create absent ones at these (``SET NX GET``)."""
 
         def queue(pipe: Any) -> None:
-            for key in gen_keys:
-                pipe.get(key)
+            if bases is None:
+                for key in gen_keys:
+                    pipe.get(key)
+            else:
+                for key, base in zip(gen_keys, bases, strict=True):
+                    pipe.set(key, base, nx=True, get=True)
 
         reply = await self._pipelined(queue, now, request, epoch=epoch)
+        if bases is not None:
+            return [_or_base(raw, base) for raw, base in zip(reply, bases, strict=True)]
         return [as_int(raw) for _key, raw in zip(gen_keys, reply, strict=True)]
 
     async def create_gens(self, bases: dict[str, int]) -> list[int | None]:

@@ -139,6 +139,8 @@ class Candidate(NamedTuple):
 class _Parsed(NamedTuple, Generic[V]):
     raw: bytes
     value: V
+    #: the header of ``raw``, once a lookup has decoded it (None: not yet)
+    header: Header | None = None
 
 
 class EnvelopeReader(Generic[V]):
@@ -171,20 +173,33 @@ class EnvelopeReader(Generic[V]):
     def candidates(
         self, user_id: UUID, names: list[str], values: list[Any], user_domain: str | None
     ) -> list[Candidate]:
-        """The envelopes whose header names this user, name and (if known) domain."""
-        uid_text = str(user_id)
+        """The envelopes whose header names this user, name and (if known) domain.
+
+        Bytes the parse memo holds for ``(user, name)`` were checked before: their
+        header is the memo's, not decoded again.
+        """
+        memo = self._memo
+        uid_text: str | None = None
         out = []
         for name, raw in zip(names, values, strict=False):
             if raw is None:
                 continue
-            try:
-                header = decode_header(raw)
-            except BadEnvelope as exc:
-                self._failures.reject("rejected a malformed cache envelope", exc)
-                continue
-            if header.user != uid_text or header.name != name:
-                self._failures.reject("rejected a foreign cache envelope", ValueError(name))
-                continue
+            seen = None if memo is None else memo.get((user_id, name))
+            if seen is not None and seen.header is not None and seen.raw == raw:
+                header = seen.header
+            else:
+                try:
+                    header = decode_header(raw)
+                except BadEnvelope as exc:
+                    self._failures.reject("rejected a malformed cache envelope", exc)
+                    continue
+                if uid_text is None:
+                    uid_text = str(user_id)
+                if header.user != uid_text or header.name != name:
+                    self._failures.reject("rejected a foreign cache envelope", ValueError(name))
+                    continue
+                if memo is not None and seen is not None and seen.raw == raw:
+                    memo[(user_id, name)] = seen._replace(header=header)
             if user_domain is not None and header.domain != user_domain:
                 self._stats.envelopes_outdated += 1  # the user moved domain
                 continue
@@ -208,7 +223,7 @@ class EnvelopeReader(Generic[V]):
             self._failures.reject("rejected a foreign cache envelope", ValueError(name))
             return None
         if memo is not None:
-            memo[key] = _Parsed(raw, value)
+            memo[key] = _Parsed(raw, value, header)
         return value
 
     def remember(self, user_id: UUID, name: str, raw: bytes, value: V) -> None:

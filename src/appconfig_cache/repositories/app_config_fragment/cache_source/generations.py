@@ -109,15 +109,19 @@ class ViewGenerations:
             if (reading := readings.get(key, now)) is None or reading.request <= since
         ]
 
-    async def fetch(self, gen_keys: list[str], now: float, *, epoch: bool = False) -> bool:
-        """Read generations (and the epoch when due, or asked for) in one round trip.
+    async def fetch(
+        self, gen_keys: list[str], now: float, *, epoch: bool = False, create: bool = False
+    ) -> bool:
+        """Read generations (and the epoch when due, or asked for) in one round trip;
+        ``create``: create absent ones at a random base (``SET NX GET``).
 
         False if Valkey failed or answered something else; the failure is logged.
         """
         readings = self.readings
         request = readings.next_request()
+        bases = [gen_base() for _ in gen_keys] if create else None
         try:
-            values = await self.commands.read_gens(gen_keys, now, request, epoch=epoch)
+            values = await self.commands.read_gens(gen_keys, now, request, epoch=epoch, bases=bases)
         except Exception as exc:  # failures, and replies of another shape
             self.failures.log("valkey generation read failed", exc)
             return False
@@ -145,10 +149,12 @@ class ViewGenerations:
         generations this process has read, one of which may be the user's.
         """
         readings = self.readings
-        if domain is not None and domain != keys.NO_DOMAIN:
-            reading = readings.get(keys.domain_gen_key(domain), now)
-            if reading is None or reading.value is None:
-                domain = None  # unknown here: no round trip for it before the answer
+        if (
+            domain is not None
+            and domain != keys.NO_DOMAIN
+            and readings.get(keys.domain_gen_key(domain), now) is None
+        ):
+            domain = None  # not read: no round trip for it before the answer
         known: dict[str, int | None] = {}
         for key in shared_gen_keys(names, None if domain == keys.NO_DOMAIN else domain):
             reading = readings.get(key, now)

@@ -61,7 +61,7 @@ class Lookup:
         """
         local, readings = self.local, self.readings
         request = readings.next_request()
-        domain = local.domains.get(user_id)
+        domain = before = local.domains.get(user_id)
         due = self.generations.stale(shared_gen_keys(names, domain) + self.riders, now)
         user_gen_key = keys.user_gen_key(user_id)
         user_base = None if readings.user_gen_seen(user_gen_key) else gen_base()
@@ -91,20 +91,22 @@ class Lookup:
             self.failures.reject("valkey answered a reply of the wrong shape", exc)
             self.stats.l2_skipped += len(names)
             return None
-        if user_domain is not None:
+        if user_domain is not None and user_domain != domain:
             domain = user_domain
             local.domains[user_id] = user_domain
 
         candidates = self.envelopes.candidates(user_id, names, values, user_domain)
-        # Domains named by envelopes whose generation is not cached: checking them takes a
-        # second round trip, which reads the user's domain's too. Without envelopes, no
-        # round trip for the user's domain: the fill plan makes do without it.
+        # Domains whose generation is not cached, named by envelopes (checking them needs
+        # it) or by the user_domain key (a fill needs it, and reading it after the DB query
+        # would not do): one more round trip. A domain this process knew before the lookup
+        # was due or fresh: read by now.
         named = {candidate.header.domain for candidate in candidates}
+        if domain:
+            named.add(domain)
         named.discard(keys.NO_DOMAIN)
+        named.discard(before)
         late = self.generations.stale([keys.domain_gen_key(d) for d in named], now)
-        if late and domain and domain not in named:
-            late += self.generations.stale([keys.domain_gen_key(domain)], now)
-        if late and not await self.generations.fetch(late, now):
+        if late and not await self.generations.fetch(late, now, create=True):
             return None
 
         found, reusable = self._current_views(user_id, candidates, user_gen, version, now)
