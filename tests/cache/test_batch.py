@@ -276,6 +276,35 @@ async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
         await t.cache.drain()
 
 
+@standalone_shape_only
+async def test_bootstrap_after_local_ttl_when_the_list_changed(seeded: Seeded) -> None:
+    """The views of the expired list's names are read first; the policies generation read
+    in that round trip shows the list changed: the list is read again, then the views of
+    the names it gained. Names it lost are dropped."""
+    t, w = seeded
+    assert t.cache is not None and t.client is not None
+    for _ in range(2):
+        await t.repo.my_app_configs(w.u1)
+        await t.cache.drain()
+    other, other_cache, _client, _clock = t.make_repo()
+    other_policies = AppConfigPolicyRepository(t.engine, cache_source=other_cache)
+    await other_policies.create("elsewhere", [PUBLIC])
+    await other.admin_bulk_create([fragment_input(PUBLIC, "public", "elsewhere", {"x": 1})])
+    await other_policies.update("menu", [DOMAIN])  # u1's menu fragment no longer counts
+    t.clock.advance(LOCAL_TTL)
+    views, rt, sql = await _bootstrap(t, w.u1)
+    shape = [c.names for c in t.client.calls]
+    print(f"\n[{t.mode}] bootstrap after local_ttl, list changed: {rt} rt, {sql} SQL {shape}")
+    assert views == await t.db.my_app_configs(w.u1)
+    assert "elsewhere" in [v.name for v in views]
+    assert t.cache.stats.bootstrap_list_changed == 1
+    # unchanged since: the next bootstrap after local_ttl confirms the new list in its views'
+    # round trip
+    t.clock.advance(LOCAL_TTL)
+    again, rt, sql = await _bootstrap(t, w.u1)
+    assert again == views and rt == 1 and t.cache.stats.bootstrap_list_changed == 1
+
+
 async def test_bootstrap_with_many_policies(tiers: Tiers) -> None:
     """Every document, also past MAX_BATCH_NAMES policies."""
     t = tiers
