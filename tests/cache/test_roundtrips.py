@@ -141,6 +141,7 @@ async def expire_in_valkey(t: Tiers, uid: Any, *names: str) -> None:
     await t.valkey.delete(*keys, f"app_config:user_domain:{{{uid}}}")
 
 
+@standalone_shape_only
 @pytest.mark.parametrize("process", ["same", "fresh", "fresh, user_domain kept"])
 async def test_full_miss_of_a_returning_user_asks_valkey_once(seeded: Seeded, process: str) -> None:
     """The first read after a break: the user's L1 entry and envelope have both expired.
@@ -180,6 +181,7 @@ async def test_full_miss_of_a_returning_user_asks_valkey_once(seeded: Seeded, pr
     assert await t.valkey.get(f"app_config:merged:{{{w.u1}}}:menu") is not None
 
 
+@standalone_shape_only
 async def test_miss_of_a_new_user_asks_valkey_once(seeded: Seeded) -> None:
     """A user nobody has read: the lookup creates the user's generation (SET NX GET);
     the envelope is filled under the domain generation this process read for another
