@@ -216,6 +216,13 @@ RATIO_TARGETS: list[tuple[str, str, str, str, float]] = [
         "ge",
         4,
     ),
+    (
+        "cold bootstrap of 8 (``my_app_configs``) / DB-only",
+        "bootstrap.cold.my",
+        "bootstrap.db_only.my",
+        "le",
+        1.3,
+    ),
 ]
 
 
@@ -250,6 +257,7 @@ def targets(run: Run) -> list[list[str]]:
     for key, label, rt_goal, sql_goal in (
         ("bootstrap.l2.batched", "warm L2", 1, 0),
         ("bootstrap.cold.batched", "cold", None, 1),
+        ("bootstrap.after_local_ttl.my", "after local_ttl", 1, 0),
     ):
         t = run.info(key).get("trips")
         goal = ", ".join(

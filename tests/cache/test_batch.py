@@ -202,23 +202,24 @@ async def test_bootstrap_counts(tiers: Tiers) -> None:
         views, rt, sql = await _bootstrap(t, w.u1)
         assert (rt, sql) == (0, 2)  # no cache: always the same two statements
         return
-    # local_ttl later the process knows u1's domain and the list's generation exists:
-    # this bootstrap fills Valkey (the list and the envelopes)
+    # local_ttl later the process knows u1's domain; the list came back from Valkey (the
+    # cold bootstrap filled it under the generation its lookup created): this bootstrap
+    # fills the envelopes
     t.clock.advance(LOCAL_TTL)
     again, rt, sql = await _bootstrap(t, w.u1)
-    assert again == views and sql == 2
-    # local_ttl later still: L1, the list and the generations are due, Valkey is warm
+    assert again == views and sql == 1
+    # local_ttl later still: L1, the list and the generations are due, Valkey is warm.
+    # The views of the expired list's names are read first; that round trip reads the
+    # policies generation too (the lookup's pipeline; with L1, the refresh's that renews
+    # the expired entries), which confirms the list: one round trip
     t.clock.advance(LOCAL_TTL)
     again, rt, sql = await _bootstrap(t, w.u1)
     shape = [c.names for c in t.client.calls]  # type: ignore[union-attr]
     print(f"[{t.mode}] bootstrap after local_ttl, Valkey warm: {rt} rt, {sql} SQL {shape}")
     assert again == views and sql == 0
-    # the policy-name list with the server identity (INFO) in one pipeline, then one MGET
-    # with the due generations: 2 (the list must be known before the views' MGET); with
-    # L1, its expired entries are renewed by one read of the generations instead
-    views_call = ["get"] if t.l1 else ["mget"]
-    assert shape == [["get", "set", "info"], [*views_call, *["get"] * (len(shape[1]) - 1)]]
-    assert rt == 2
+    assert rt == 1 and shape[0][0] == ("get" if t.l1 else "mget")
+    assert "app_config:gen:policies" in t.client.commands("get" if t.l1 else "set")  # type: ignore[union-attr]
+    assert t.cache.stats.bootstrap_list_changed == 0
     # and right after it: all warm
     warm, rt, sql = await _bootstrap(t, w.u1)
     print(f"[{t.mode}] warm bootstrap: {rt} round trips, {sql} SQL")
@@ -273,6 +274,35 @@ async def test_bootstrap_sees_policy_changes_at_once(tiers: Tiers) -> None:
     assert "elsewhere" in [v.name for v in await t.repo.my_app_configs(w.u1)]
     if t.cache is not None:
         await t.cache.drain()
+
+
+@standalone_shape_only
+async def test_bootstrap_after_local_ttl_when_the_list_changed(seeded: Seeded) -> None:
+    """The views of the expired list's names are read first; the policies generation read
+    in that round trip shows the list changed: the list is read again, then the views of
+    the names it gained. Names it lost are dropped."""
+    t, w = seeded
+    assert t.cache is not None and t.client is not None
+    for _ in range(2):
+        await t.repo.my_app_configs(w.u1)
+        await t.cache.drain()
+    other, other_cache, _client, _clock = t.make_repo()
+    other_policies = AppConfigPolicyRepository(t.engine, cache_source=other_cache)
+    await other_policies.create("elsewhere", [PUBLIC])
+    await other.admin_bulk_create([fragment_input(PUBLIC, "public", "elsewhere", {"x": 1})])
+    await other_policies.update("menu", [DOMAIN])  # u1's menu fragment no longer counts
+    t.clock.advance(LOCAL_TTL)
+    views, rt, sql = await _bootstrap(t, w.u1)
+    shape = [c.names for c in t.client.calls]
+    print(f"\n[{t.mode}] bootstrap after local_ttl, list changed: {rt} rt, {sql} SQL {shape}")
+    assert views == await t.db.my_app_configs(w.u1)
+    assert "elsewhere" in [v.name for v in views]
+    assert t.cache.stats.bootstrap_list_changed == 1
+    # unchanged since: the next bootstrap after local_ttl confirms the new list in its views'
+    # round trip
+    t.clock.advance(LOCAL_TTL)
+    again, rt, sql = await _bootstrap(t, w.u1)
+    assert again == views and rt == 1 and t.cache.stats.bootstrap_list_changed == 1
 
 
 async def test_bootstrap_with_many_policies(tiers: Tiers) -> None:

@@ -32,6 +32,7 @@ from tests.support.valkey import Call, PauseAt
 from .conftest import (
     LOCAL_TTL,
     FourUsers,
+    PausedLoader,
     Seeded,
     Tiers,
     expect,
@@ -183,6 +184,42 @@ async def test_stale_set_with_my_app_configs(seeded: Seeded) -> None:
     assert {v.name: v for v in await t.repo.my_app_configs(w.u1)}["theme"] == (
         await t.db.app_config(w.u1, "theme")
     )
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+@pytest.mark.parametrize("known", ["nothing", "user_domain"])
+@hang_guard
+async def test_stale_set_by_a_reader_that_did_not_know_the_domain(
+    seeded: Seeded, write: str, known: str
+) -> None:
+    """Instance A never read u1: its lookup asks Valkey once, and its fill goes under the
+    d1 generation it read for u2 before the query (``nothing``: the domain was unknown
+    until the DB load; ``user_domain``: Valkey's user_domain key named it). The write runs
+    in another instance while A is parked after its DB read, so A forgets nothing."""
+    t, w = seeded
+    assert t.cache is not None
+    if known == "user_domain":  # left by an earlier reader; u1's envelope has expired
+        await t.valkey.set(f"app_config:user_domain:{{{w.u1}}}", "d1")
+    a_repo, a_cache, a_client, a_clock = t.make_repo(local_maxsize=4096 if t.l1 else 0)
+    await a_repo.app_config(w.u2, "theme")  # A learns u2's domain,
+    await a_repo.app_config(w.u2, "menu")  # and reads d1's generation
+    await a_cache.drain()
+    a_client.reset()
+
+    loader = PausedLoader(a_repo)
+    reader = asyncio.create_task(a_repo.app_config(w.u1, "theme"))
+    await loader.read_done.wait()
+    loader.restore()
+    assert a_client.round_trips == 1  # the lookup only: no round trip for d1's generation
+    await WRITES[write](t, w, t.repo, t.policies)  # the write and its invalidation complete
+    loader.resume.set()
+    old = await reader
+    await a_cache.drain()
+    assert old != await t.db.app_config(w.u1, "theme")
+    # A's fill did land, under the generations it read before its DB query
+    assert await t.valkey.get(f"app_config:merged:{{{w.u1}}}:theme") is not None
+    c_repo, _c_cache, _c_client, _c_clock = t.make_repo()  # a fresh instance
+    await _assert_nobody_serves(t, w, old, (c_repo, None), (a_repo, a_clock))
 
 
 # -- I3: the write lands while the reader's Valkey round trip is in flight ----------------------

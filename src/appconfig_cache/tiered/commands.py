@@ -40,6 +40,20 @@ class BumpReply(NamedTuple):
     replicas: int | None
 
 
+class LookupReply(NamedTuple):
+    """A lookup's ``MGET`` values, the user generation, and each generation asked for
+    (read, or created at its base)."""
+
+    values: list[Any]
+    user_gen: int | None
+    gens: list[int | None]
+
+
+def _or_base(raw: Any, base: int) -> int | None:
+    """The value a ``SET key base NX GET`` leaves: the old one, or ``base`` if absent."""
+    return base if raw is None else as_int(raw)
+
+
 def as_int(raw: Any) -> int | None:
     if raw is None:
         return None
@@ -78,31 +92,72 @@ class Commands:
         self._epoch_primaries: frozenset[str] | None = None
 
     async def lookup(
-        self, user_keys: list[str], gen_keys: list[str], now: float, request: int
-    ) -> list[Any]:
-        """``MGET`` of one user's keys (one slot), then a ``GET`` of each of ``gen_keys``."""
-        if gen_keys or self._readings.epoch(now) is None:
+        self,
+        user_keys: list[str],
+        user_gen: tuple[str, int | None],
+        gens: dict[str, int],
+        now: float,
+        request: int,
+    ) -> LookupReply:
+        """``MGET`` of one user's keys (one slot), their user generation, and ``gens``.
 
-            def queue(pipe: Any) -> None:
-                # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
-                pipe.execute_command("MGET", *user_keys)
-                for key in gen_keys:
-                    pipe.get(key)
-
-            return await self._pipelined(queue, now, request)
-        client = self.client
-        return [await self._call(lambda: client.mget(user_keys))]
-
-    async def read_gens(
-        self, gen_keys: list[str], now: float, request: int, *, epoch: bool = False
-    ) -> list[int | None]:
-        """The generations of ``gen_keys`` (None: absent); ``epoch``: read the epoch too."""
+        ``user_gen`` is the key and, to read *or create* it (``SET NX GET``), a base
+        (None: read it with the ``MGET``). Each of ``gens`` is read or created at its
+        base: a miss then has every generation its fill needs, read (or made) before
+        the DB query, from this one round trip.
+        """
+        user_key, user_base = user_gen
+        if user_base is None and not gens and self._readings.epoch(now) is not None:
+            client = self.client
+            values = await self._call(lambda: client.mget([*user_keys, user_key]))
+            return LookupReply(values[:-1], as_int(values[-1]), [])
 
         def queue(pipe: Any) -> None:
-            for key in gen_keys:
-                pipe.get(key)
+            # execute_command: a cluster pipeline blocks .mget(), though one slot is legal
+            if user_base is None:
+                pipe.execute_command("MGET", *user_keys, user_key)
+            else:
+                pipe.execute_command("MGET", *user_keys)
+                pipe.set(user_key, user_base, nx=True, get=True)
+            for key, base in gens.items():
+                pipe.set(key, base, nx=True, get=True)
+
+        reply = await self._pipelined(queue, now, request)
+        values, rest = reply[0], reply[1:]
+        if not isinstance(values, list):
+            raise BadReply(f"MGET answered {type(values).__name__}")
+        if user_base is None:
+            user_value = as_int(values[-1]) if values else None
+            values = values[:-1]
+        else:
+            user_value = _or_base(rest[0], user_base)
+            rest = rest[1:]
+        created = [_or_base(raw, base) for raw, base in zip(rest, gens.values(), strict=True)]
+        return LookupReply(values, user_value, created)
+
+    async def read_gens(
+        self,
+        gen_keys: list[str],
+        now: float,
+        request: int,
+        *,
+        epoch: bool = False,
+        bases: list[int] | None = None,
+    ) -> list[int | None]:
+        """The generations of ``gen_keys`` (None: absent); ``epoch``: read the epoch too;
+        ``bases``: create absent ones at these (``SET NX GET``)."""
+
+        def queue(pipe: Any) -> None:
+            if bases is None:
+                for key in gen_keys:
+                    pipe.get(key)
+            else:
+                for key, base in zip(gen_keys, bases, strict=True):
+                    pipe.set(key, base, nx=True, get=True)
 
         reply = await self._pipelined(queue, now, request, epoch=epoch)
+        if bases is not None:
+            return [_or_base(raw, base) for raw, base in zip(reply, bases, strict=True)]
         return [as_int(raw) for _key, raw in zip(gen_keys, reply, strict=True)]
 
     async def create_gens(self, bases: dict[str, int]) -> list[int | None]:
@@ -113,10 +168,7 @@ class Commands:
                 pipe.set(key, base, nx=True, get=True)
 
         reply = await self._call(self._run(queue))
-        return [
-            base if raw is None else as_int(raw)
-            for base, raw in zip(bases.values(), reply, strict=True)
-        ]
+        return [_or_base(raw, base) for base, raw in zip(bases.values(), reply, strict=True)]
 
     async def bump(
         self,
@@ -165,10 +217,6 @@ class Commands:
 
         raw, raw_gen = await self._pipelined(queue, now, request)
         return raw, as_int(raw_gen)
-
-    async def store(self, key: str, payload: bytes) -> None:
-        client = self.client
-        await self._call(lambda: client.set(key, payload, ex=self._ttl))
 
     def _run(self, queue: Callable[[Any], None]) -> Callable[[], Any]:
         async def run() -> Any:

@@ -48,8 +48,11 @@ def user_domain_key(user_id: UUID) -> str:
     return f"{PREFIX}user_domain:{{{user_id}}}"
 
 
+DOMAIN_GEN_PREFIX = PREFIX + "gen:domain:"
+
+
 def domain_gen_key(domain: str) -> str:
-    return f"{PREFIX}gen:domain:{domain}"
+    return DOMAIN_GEN_PREFIX + domain
 
 
 def name_gen_key(name: str) -> str:

@@ -96,6 +96,17 @@ class Readings:
         gens = self._gens
         return [key for key in self._shared_keys if _FORGOTTEN < gens[key].read_at <= limit]
 
+    def fresh_values(self, prefix: str, now: float) -> dict[str, int]:
+        """The non-user generations under ``prefix`` with a reading younger than ``ttl``."""
+        limit, gens = now - self.ttl, self._gens
+        return {
+            key: reading.value
+            for key in self._shared_keys
+            if key.startswith(prefix)
+            and (reading := gens[key]).value is not None
+            and reading.read_at > limit
+        }
+
     def confirmed_at(self, expected: Iterable[tuple[str, int]], server_epoch: int) -> float | None:
         """When the oldest of the readings was taken, if each ``(key, value)`` and the server
         epoch read as expected (at any age), else None."""
@@ -122,6 +133,11 @@ class Readings:
         request = self.next_request()
         self._user_since[user_key] = Reading(value, 0.0, request)
         return request
+
+    def user_gen_seen(self, user_key: str) -> bool:
+        """Has a reply shown this user generation existing (it is then read, not created)?"""
+        known = self._user_since.get(user_key)
+        return known is not None and known.value is not None
 
     # -- the server epoch -------------------------------------------------------------
 

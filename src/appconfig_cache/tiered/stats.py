@@ -80,6 +80,8 @@ class CacheStats:
     outbox_errors: int = 0
     #: subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings
     broadcast_gaps: int = 0
+    #: bootstraps that read the views of an expired names list, then found it changed
+    bootstrap_list_changed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -103,13 +103,17 @@ class AppConfigFragmentRepository:
     async def my_app_configs(self, user_id: UUID) -> list[AppConfigData]:
         """Every document the user has: the policy names whose view has fragments."""
         uid = validate_user_id(user_id)
+
+        async def read(names: list[str]) -> list[AppConfigData]:
+            views: list[AppConfigData] = []
+            for start in range(0, len(names), MAX_BATCH_NAMES):
+                views += await self.app_configs(uid, names[start : start + MAX_BATCH_NAMES])
+            return views
+
         if self._cache is None:
-            names = await self._db.policy_names()
+            views = await read(await self._db.policy_names())
         else:
-            names = await self._cache.policy_names(self._db.policy_names)
-        views: list[AppConfigData] = []
-        for start in range(0, len(names), MAX_BATCH_NAMES):
-            views += await self.app_configs(uid, names[start : start + MAX_BATCH_NAMES])
+            views = await self._cache.bootstrap(self._db.policy_names, read)
         return [view for view in views if view.fragments]
 
     # -- writes ---------------------------------------------------------------------

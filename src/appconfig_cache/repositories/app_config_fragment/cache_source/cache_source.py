@@ -296,6 +296,18 @@ class AppConfigFragmentCacheSource:
         """The config names that have a policy: L1 copy, then Valkey, then ``loader``."""
         return await self._parts.policy_names.get(loader)
 
+    async def bootstrap(
+        self,
+        names_loader: Callable[[], Awaitable[list[str]]],
+        read: Callable[[list[str]], Awaitable[list[AppConfigData]]],
+    ) -> list[AppConfigData]:
+        """The views (``read``) of every name with a policy, in the list's order.
+
+        An expired but unchanged names list costs no round trip of its own: the views of
+        its names are read first, and their round trip confirms the list.
+        """
+        return await self._parts.policy_names.bootstrap(names_loader, read)
+
     # -- the outbox (I10) -------------------------------------------------------------
 
     def use_outbox(self, outbox: OutboxStore) -> None:

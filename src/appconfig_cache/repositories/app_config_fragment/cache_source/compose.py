@@ -95,9 +95,13 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
         local, readings, envelopes, fills, stats,
         local_ttl=s.local_ttl, max_value_bytes=s.max_value_bytes,
     )  # fmt: skip
+    policy_names = PolicyNames(
+        local, readings, commands, bumps, fills, stats, failures,
+        local_ttl=s.local_ttl, timer=timer,
+    )  # fmt: skip
     lookup = Lookup(
         local, readings, commands, generations, envelopes, store, stats, failures,
-        local_ttl=s.local_ttl,
+        local_ttl=s.local_ttl, riders=policy_names.riders,
     )  # fmt: skip
     renewal = (ablation.RenewalWithoutWait if "renewal_wait" in off else Renewal)(
         local, readings, generations, bumps, remote, background, stats, timer
@@ -109,9 +113,6 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     recomposer.l1_off, recomposer.envelopes_off = "l1_recompose" in off, "envelope_recompose" in off
     read_path = (ablation.ReadPathLeadingInTasks if "inline_lead" in off else ReadPath)(
         local, bumps, remote, renewal, recomposer, lookup, store, background, stats, timer
-    )
-    policy_names = PolicyNames(
-        local, readings, commands, bumps, stats, failures, local_ttl=s.local_ttl, timer=timer
     )
     invalidation = Invalidation(local, readings, bumps, policy_names)
     outbox = OutboxLink(

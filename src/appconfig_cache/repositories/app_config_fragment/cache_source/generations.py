@@ -8,8 +8,9 @@ they read now, under the current server epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
@@ -41,6 +42,20 @@ class FillPlan:
     epoch: int | None
     #: when the generations were read (the oldest reading, for an L1 deadline)
     read_at: float
+    #: with ``domain`` None: the domain generations this process had read (domain ->
+    #: value), so the domain the DB load tells can still be filled under one of them
+    domain_gens: Mapping[str, int] = field(default_factory=dict)
+
+    def under(self, domain: str) -> FillPlan | None:
+        """This plan for a view of a user of ``domain`` (None: no generation of it)."""
+        if self.domain == domain:
+            return self
+        if self.domain is not None:
+            return None  # read for another domain: the user moved
+        gen = 0 if domain == keys.NO_DOMAIN else self.domain_gens.get(domain)
+        if gen is None:
+            return None
+        return dataclasses.replace(self, domain=domain, domain_gen=gen, domain_gens={})
 
     def gens(self, name: str) -> Gens | None:
         by_name = self.names.get(name)
@@ -94,15 +109,19 @@ class ViewGenerations:
             if (reading := readings.get(key, now)) is None or reading.request <= since
         ]
 
-    async def fetch(self, gen_keys: list[str], now: float, *, epoch: bool = False) -> bool:
-        """Read generations (and the epoch when due, or asked for) in one round trip.
+    async def fetch(
+        self, gen_keys: list[str], now: float, *, epoch: bool = False, create: bool = False
+    ) -> bool:
+        """Read generations (and the epoch when due, or asked for) in one round trip;
+        ``create``: create absent ones at a random base (``SET NX GET``).
 
         False if Valkey failed or answered something else; the failure is logged.
         """
         readings = self.readings
         request = readings.next_request()
+        bases = [gen_base() for _ in gen_keys] if create else None
         try:
-            values = await self.commands.read_gens(gen_keys, now, request, epoch=epoch)
+            values = await self.commands.read_gens(gen_keys, now, request, epoch=epoch, bases=bases)
         except Exception as exc:  # failures, and replies of another shape
             self.failures.log("valkey generation read failed", exc)
             return False
@@ -121,8 +140,21 @@ class ViewGenerations:
         user_domain: str | None,
         now: float,
     ) -> FillPlan | None:
-        """Gather the generations for filling ``names``; create absent ones (random base)."""
+        """Gather the generations for filling ``names``, from the readings (taken before
+        the DB query); create absent ones (random base) in a round trip of their own.
+
+        The lookup reads or creates every generation it can name, so that round trip
+        is for generations gone since (an eviction, a restart). A domain whose
+        generation was not read is left out: the plan then carries the domain
+        generations this process has read, one of which may be the user's.
+        """
         readings = self.readings
+        if (
+            domain is not None
+            and domain != keys.NO_DOMAIN
+            and readings.get(keys.domain_gen_key(domain), now) is None
+        ):
+            domain = None  # not read: no round trip for it before the answer
         known: dict[str, int | None] = {}
         for key in shared_gen_keys(names, None if domain == keys.NO_DOMAIN else domain):
             reading = readings.get(key, now)
@@ -142,8 +174,12 @@ class ViewGenerations:
                 if key != user_key:
                     readings.put(key, value, now, request)
         domain_gen: int | None = 0
+        domain_gens: dict[str, int] = {}
         if domain is None:
             domain_gen = None
+            skip = len(keys.DOMAIN_GEN_PREFIX)
+            fresh = readings.fresh_values(keys.DOMAIN_GEN_PREFIX, now)
+            domain_gens = {key[skip:]: value for key, value in fresh.items()}
         elif domain != keys.NO_DOMAIN:
             domain_gen = known[keys.domain_gen_key(domain)]
         return FillPlan(
@@ -155,4 +191,5 @@ class ViewGenerations:
             user_domain=user_domain,
             epoch=readings.epoch(now),
             read_at=now,
+            domain_gens=domain_gens,
         )

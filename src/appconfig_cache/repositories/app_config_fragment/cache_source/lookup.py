@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from uuid import UUID
 
 from ....tiered import keys
-from ....tiered.commands import Commands, as_int
+from ....tiered.bumps import gen_base
+from ....tiered.commands import Commands
 from ....tiered.envelope import Candidate, EnvelopeReader
 from ....tiered.failures import Failures
 from ....tiered.local import Basis, LocalTier
@@ -47,31 +48,41 @@ class Lookup:
     failures: Failures
     _: KW_ONLY
     local_ttl: float
+    #: generation keys read along with a lookup's when they are stale (policy names)
+    riders: list[str] = field(default_factory=list)
 
     async def find(
         self, user_id: UUID, names: list[str], version: int, now: float
     ) -> Looked | None:
-        """Look ``names`` up (plus the generations that are due); None if Valkey failed."""
+        """Look ``names`` up (plus the generations that are due); None if Valkey failed.
+
+        Due generations, and the user's if this process has not seen it exist, are read
+        or created in the same round trip: a miss needs no other before its DB query.
+        """
         local, readings = self.local, self.readings
         request = readings.next_request()
-        domain = local.domains.get(user_id)
-        due = self.generations.stale(shared_gen_keys(names, domain), now)
+        domain = before = local.domains.get(user_id)
+        due = self.generations.stale(shared_gen_keys(names, domain) + self.riders, now)
         user_gen_key = keys.user_gen_key(user_id)
+        user_base = None if readings.user_gen_seen(user_gen_key) else gen_base()
         user_keys = [keys.merged_key(user_id, name) for name in names]
-        user_keys += [user_gen_key, keys.user_domain_key(user_id)]
+        user_keys.append(keys.user_domain_key(user_id))
         try:
-            reply = await self.commands.lookup(user_keys, due, now, request)
+            reply = await self.commands.lookup(
+                user_keys, (user_gen_key, user_base), {key: gen_base() for key in due}, now,
+                request,
+            )  # fmt: skip
         except Exception as exc:  # failures, and replies of another shape
             self.failures.log("valkey read failed", exc)
             self.stats.l2_skipped += len(names)
             return None
         try:
-            values = reply[0]
-            if not isinstance(values, list) or len(values) != len(user_keys):
-                raise TypeError(f"MGET answered {type(values).__name__}")
-            for key, raw in zip(due, reply[1:], strict=True):
-                readings.put(key, as_int(raw), now, request)
-            user_gen = as_int(values[-2])
+            values = reply.values
+            if len(values) != len(user_keys):
+                raise TypeError(f"MGET answered {len(values)} values for {len(user_keys)} keys")
+            for key, value in zip(due, reply.gens, strict=True):
+                readings.put(key, value, now, request)
+            user_gen = reply.user_gen
             readings.put(user_gen_key, user_gen, now, request)
             user_since = readings.user_held_since(user_gen_key, user_gen)
             raw_domain = values[-1]
@@ -80,18 +91,22 @@ class Lookup:
             self.failures.reject("valkey answered a reply of the wrong shape", exc)
             self.stats.l2_skipped += len(names)
             return None
-        if user_domain is not None:
+        if user_domain is not None and user_domain != domain:
             domain = user_domain
             local.domains[user_id] = user_domain
 
         candidates = self.envelopes.candidates(user_id, names, values, user_domain)
-        # Domains named by envelopes or the user_domain key whose generation is not cached.
-        needed = {candidate.header.domain for candidate in candidates}
+        # Domains whose generation is not cached, named by envelopes (checking them needs
+        # it) or by the user_domain key (a fill needs it, and reading it after the DB query
+        # would not do): one more round trip. A domain this process knew before the lookup
+        # was due or fresh: read by now.
+        named = {candidate.header.domain for candidate in candidates}
         if domain:
-            needed.add(domain)
-        needed.discard(keys.NO_DOMAIN)
-        late = self.generations.stale([keys.domain_gen_key(d) for d in needed], now)
-        if late and not await self.generations.fetch(late, now):
+            named.add(domain)
+        named.discard(keys.NO_DOMAIN)
+        named.discard(before)
+        late = self.generations.stale([keys.domain_gen_key(d) for d in named], now)
+        if late and not await self.generations.fetch(late, now, create=True):
             return None
 
         found, reusable = self._current_views(user_id, candidates, user_gen, version, now)

@@ -153,7 +153,9 @@ class ReadPath:
             if not names:
                 return found
         plan: FillPlan | None = None
-        if await self.bumps.catch_up():
+        # catch_up() is a coroutine only needed when bumps wait to be replayed
+        bumps = self.bumps
+        if await bumps.catch_up() if bumps.pending else self.remote.available():
             looked = await self.lookup.find(user_id, names, version, self.timer())
             if looked is not None:
                 found.update(looked.found)

@@ -109,7 +109,8 @@ class Store:
         expires = started + self.local_ttl
         request = self.readings.next_request()
         # the plan's generations fit only views of the domain it was read for
-        server = None if plan is None or plan.domain != domain else plan.epoch
+        fitting = None if plan is None or domain is None else plan.under(domain)
+        server = None if fitting is None else fitting.epoch
         sets: list[tuple[str, bytes]] = []
         for name in names:
             if name not in loaded.with_policy:
@@ -120,7 +121,7 @@ class Store:
                 self.stats.oversize_values += 1
                 self.stats.fills_skipped += 1
                 continue
-            gens = None if plan is None or server is None else plan.gens(name)
+            gens = None if fitting is None or server is None else fitting.gens(name)
             basis = None if gens is None or server is None else Basis(gens, server)
             user_scope = _has_user_scope(loaded.chains.get(name))
             weight = json_weight(data_json)
