@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from appconfig_cache import AppConfigData, AppConfigFragmentRepository
+from appconfig_cache import AppConfigFragmentRepository
 from appconfig_cache.tiered import keys
 from tests.faults.conftest import pg_target, pg_url_via
 from tests.faults.proxy import FaultProxy
@@ -50,15 +50,6 @@ async def _seed(engine: AsyncEngine) -> uuid.UUID:
     return uid
 
 
-async def _cached(reader: Reader, uid: uuid.UUID) -> AppConfigData:
-    """Read until the view is in Valkey (a first read learns the domain, the next fills)."""
-    for _ in range(2):
-        view = await reader.repo.app_config(uid, NAME)
-        await reader.cache.drain()
-        reader.expire_l1()
-    return view
-
-
 async def _read(reader: Reader, uid: uuid.UUID) -> Any:
     reader.expire_l1()
     return (await reader.repo.app_config(uid, NAME)).config
@@ -73,7 +64,7 @@ async def test_a_killed_writers_change_is_replayed_by_another_process(
 ) -> None:
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
     env = {
         **os.environ,
         "APPCONFIG_WRITER_USER": str(uid),
@@ -112,10 +103,10 @@ async def test_an_idle_writer_replays_its_bump_as_soon_as_valkey_answers(
 ) -> None:
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
     # Default retry_interval; the outbox replayer is not involved (interval 1 h).
     writer = await make_reader(valkey_proxy.url, timeout=0.2)
-    await _cached(writer, uid)
+    await writer.read_until_cached(uid, NAME)
     valkey_proxy.set_drop_matching(b"INCRBY")
     done = await writer.repo.admin_bulk_update([domain_fragment("d1", NAME, {"v": 1})])
     assert not done.failures and writer.cache.stats.pending_bumps == 1
@@ -176,9 +167,9 @@ async def test_a_writer_whose_breaker_is_open_recovers_without_a_read(
     """The recovery task pings Valkey whatever the breaker's state, and closes it."""
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
     writer = await make_reader(retry_interval=0.01)
-    await _cached(writer, uid)
+    await writer.read_until_cached(uid, NAME)
     trip_breaker(writer.cache)
     done = await writer.repo.admin_bulk_update([domain_fragment("d1", NAME, {"v": 1})])
     assert not done.failures and writer.cache.stats.pending_bumps == 1  # never sent

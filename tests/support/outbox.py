@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import (
+    AppConfigData,
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
     make_valkey_client,
@@ -34,6 +35,14 @@ class Reader:
     def expire_l1(self) -> None:
         """Move past L1's lifetime (and the generation readings'), so Valkey is asked."""
         self.clock.advance(self.cache.local_ttl * 2 + 1)
+
+    async def read_until_cached(self, user_id: uuid.UUID, name: str) -> AppConfigData:
+        """Read until the view is in Valkey (a first read learns the domain, the next fills)."""
+        for _ in range(2):
+            view = await self.repo.app_config(user_id, name)
+            await self.cache.drain()
+            self.expire_l1()
+        return view
 
 
 ReaderFactory = Callable[..., Awaitable[Reader]]
