@@ -23,8 +23,7 @@ from appconfig_cache import (
 )
 from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
-from tests.support.data import add_policy, add_users
-from tests.support.fragments import domain_fragment, user_fragment
+from tests.support.consistency import theme_org
 
 NAMES = ("theme", "menu")
 #: every label a metric may carry, and the values each may take (None: numbers, for ``le``)
@@ -56,14 +55,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 async def org(engine: AsyncEngine, n_users: int) -> list[uuid.UUID]:
-    users = [uuid.uuid4() for _ in range(n_users)]
-    await add_users(engine, {uid: "d1" for uid in users})
-    for name in NAMES:
-        await add_policy(engine, name)
-    repo = AppConfigFragmentRepository(engine)
-    await repo.admin_bulk_create([domain_fragment("d1", n, {"color": "blue"}) for n in NAMES])
-    await repo.admin_bulk_create([user_fragment(uid, "theme", {"r": -1}) for uid in users])
-    return users
+    return await theme_org(engine, n_users, NAMES, {"r": -1})
 
 
 async def workload(

@@ -8,13 +8,11 @@ leave by invalidation.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import uuid
 
 import pytest
-import sqlalchemy as sa
 import valkey.asyncio as valkey_asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,7 +27,7 @@ from appconfig_cache import (
 from appconfig_cache.consistency import ConsistencyMonitor, nines
 from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
-from tests.support.data import add_policy, add_users
+from tests.support.consistency import change_behind_the_cache, theme_org
 from tests.support.fragments import domain_fragment, user_fragment
 from tests.test_cli import closed_port
 
@@ -38,26 +36,7 @@ WINDOW = 5.0
 
 
 async def org(engine: AsyncEngine, n_users: int) -> list[uuid.UUID]:
-    users = [uuid.uuid4() for _ in range(n_users)]
-    await add_users(engine, {uid: "d1" for uid in users})
-    for name in NAMES:
-        await add_policy(engine, name)
-    plain = AppConfigFragmentRepository(engine)
-    await plain.admin_bulk_create([domain_fragment("d1", n, {"color": "blue"}) for n in NAMES])
-    await plain.admin_bulk_create([user_fragment(uid, "theme", {"size": 0}) for uid in users])
-    return users
-
-
-async def change_behind_the_cache(engine: AsyncEngine, uid: uuid.UUID) -> None:
-    """Change a user's theme in PostgreSQL with invalidation bypassed (plain SQL)."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "UPDATE app_config_fragments SET config = CAST(:c AS JSONB) "
-                "WHERE scope_type = 'user' AND scope_id = :uid AND name = 'theme'"
-            ),
-            {"c": json.dumps({"size": "secret-value"}), "uid": str(uid)},
-        )
+    return await theme_org(engine, n_users, NAMES, {"size": 0})
 
 
 async def fill_valkey(
