@@ -101,12 +101,20 @@ class Probe:
         return time.monotonic() - since
 
 
-async def killed(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
+async def _seeded_with_replayer(
+    engine: AsyncEngine, probe: Probe
+) -> tuple[uuid.UUID, AppConfigFragmentCacheSource]:
+    """Fresh data, its view cached in Valkey, and one other cache source running its replayer."""
     uid = await _seed(engine)
     await probe.fill(uid)
     replayer = AppConfigFragmentCacheSource(make_valkey_client(probe_url(probe)))
     AppConfigFragmentRepository(engine, replayer)
     await replayer.start()
+    return uid, replayer
+
+
+async def killed(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
+    uid, replayer = await _seeded_with_replayer(engine, probe)
     env = {
         **os.environ,
         "APPCONFIG_WRITER_USER": str(uid),
@@ -155,11 +163,7 @@ async def idle(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy
 
 
 async def sql(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
-    uid = await _seed(engine)
-    await probe.fill(uid)
-    replayer = AppConfigFragmentCacheSource(make_valkey_client(probe_url(probe)))
-    AppConfigFragmentRepository(engine, replayer)
-    await replayer.start()
+    uid, replayer = await _seeded_with_replayer(engine, probe)
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE app_config_fragments SET config = '{\"v\": 1}'"))
     committed = time.monotonic()
