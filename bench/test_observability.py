@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
+from tests.support.metrics import registry_with
 
 from appconfig_cache.consistency import ConsistencyMonitor
-from appconfig_cache.metrics import AppConfigCacheCollector
 
 from .support import N_FAST, N_RT, NAME, BenchSession, hot_reads, measure, scaled, warm_valkey
 
@@ -26,10 +26,7 @@ def _observe(bench: BenchSession, cache: Any, mode: str) -> ConsistencyMonitor |
     if mode == "plain":
         return None
     monitor = ConsistencyMonitor(cache, bench.engine) if mode == "observed" else None
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "bench", monitor=monitor)
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache, "bench", monitor=monitor)
 
     async def start() -> None:
         if monitor is not None:

@@ -24,6 +24,7 @@ from appconfig_cache import (
 from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
 from tests.support.consistency import theme_org
+from tests.support.metrics import registry_with
 
 NAMES = ("theme", "menu")
 #: every label a metric may carry, and the values each may take (None: numbers, for ``le``)
@@ -164,10 +165,7 @@ async def test_no_label_value_comes_from_user_input(
 ) -> None:
     users = await org(engine, 4)
     cache = AppConfigFragmentCacheSource(valkey_client, timer=FakeClock())
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main")
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache)
     try:
         await workload(AppConfigFragmentRepository(engine, cache_source=cache), users, 3)
         await cache.drain()
@@ -192,10 +190,7 @@ async def test_l1_hits_observe_nothing(
 ) -> None:
     users = await org(engine, 1)
     cache = AppConfigFragmentCacheSource(valkey_client, timer=FakeClock())
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main")
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache)
     repo = AppConfigFragmentRepository(engine, cache_source=cache)
     try:
         await repo.app_config(users[0], "theme")

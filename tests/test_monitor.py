@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import valkey.asyncio as valkey_asyncio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,10 +25,10 @@ from appconfig_cache import (
     MyFragmentInput,
 )
 from appconfig_cache.consistency import ConsistencyMonitor, nines
-from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
 from tests.support.consistency import change_behind_the_cache, theme_org
 from tests.support.fragments import domain_fragment, user_fragment
+from tests.support.metrics import registry_with
 from tests.test_cli import closed_port
 
 NAMES = ("theme", "menu")
@@ -114,10 +114,7 @@ async def test_monitor_confirms_a_view_changed_behind_the_cache(
     await repo.app_config(victim, "theme")  # from Valkey (and into L1)
     clock = FakeClock()
     monitor = monitor_for(cache, engine, clock)
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main", monitor=monitor)
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache, monitor=monitor)
     try:
         await change_behind_the_cache(engine, victim)
         # reads the monitor samples: a hit in L1, or a miss that Valkey answers
