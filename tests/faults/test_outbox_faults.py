@@ -28,11 +28,17 @@ from tests.faults.proxy import FaultProxy
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import domain_fragment
 from tests.support.internals import bump_recovery, trip_breaker
-from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
+from tests.support.outbox import (
+    Reader,
+    ReaderFactory,
+    add_outbox_rows,
+    outbox_rows,
+    spawn_outbox_writer,
+    sql,
+)
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 from tests.support.valkey import direct_client
 
-WRITER = Path(__file__).with_name("_outbox_writer.py")
 REPLAYER = Path(__file__).with_name("_outbox_replayer.py")
 NAME = "theme"
 HANG_GUARD = 30.0  # a bug must fail the test, not hang it; not a timing assertion
@@ -65,17 +71,7 @@ async def test_a_killed_writers_change_is_replayed_by_another_process(
     uid = await _seed(engine)
     reader = await make_reader()
     assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
-    env = {
-        **os.environ,
-        "APPCONFIG_WRITER_USER": str(uid),
-        "APPCONFIG_WRITER_DOMAIN": "d1",
-        "APPCONFIG_WRITER_DATABASE_URL": database_url,
-        "APPCONFIG_WRITER_VALKEY_URL": valkey_proxy.url,
-    }
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable, str(WRITER), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    writer = await spawn_outbox_writer(uid, "d1", database_url, valkey_proxy.url)
     assert writer.stdin is not None and writer.stdout is not None
     try:
         async with asyncio.timeout(HANG_GUARD):

@@ -5,9 +5,13 @@ The ``make_reader`` fixture is imported by the conftest of each directory that u
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
@@ -66,6 +70,27 @@ async def make_reader(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[Rea
     for reader in made:
         await reader.cache.aclose()
         await reader.client.aclose()
+
+
+#: the writer process of the killed-writer scenarios (tests/faults and bench/outbox_recovery)
+OUTBOX_WRITER = Path(__file__).resolve().parent.parent / "faults" / "_outbox_writer.py"
+
+
+async def spawn_outbox_writer(
+    user_id: uuid.UUID, domain: str, database_url: str, valkey_url: str
+) -> asyncio.subprocess.Process:
+    """Start :data:`OUTBOX_WRITER` (stdin and stdout piped); it prints ``ready`` once warm."""
+    env = {
+        **os.environ,
+        "APPCONFIG_WRITER_USER": str(user_id),
+        "APPCONFIG_WRITER_DOMAIN": domain,
+        "APPCONFIG_WRITER_DATABASE_URL": database_url,
+        "APPCONFIG_WRITER_VALKEY_URL": valkey_url,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(OUTBOX_WRITER), env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def sql(engine: AsyncEngine, statement: str, **params: Any) -> None:
