@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import statistics
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 from tests.faults.proxy import FaultProxy  # noqa: E402
+from tests.support.outbox import spawn_outbox_writer  # noqa: E402
 
 from appconfig_cache import (  # noqa: E402
     AppConfigFragmentCacheSource,
@@ -53,7 +53,6 @@ from appconfig_cache import (  # noqa: E402
 )
 from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres  # noqa: E402
 
-WRITER = ROOT / "tests" / "faults" / "_outbox_writer.py"
 NAME = "theme"
 KEY = AppConfigFragmentKey(scope_type=AppConfigScopeType.DOMAIN, scope_id="d1", name=NAME)
 
@@ -101,23 +100,21 @@ class Probe:
         return time.monotonic() - since
 
 
-async def killed(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
+async def _seeded_with_replayer(
+    engine: AsyncEngine, probe: Probe
+) -> tuple[uuid.UUID, AppConfigFragmentCacheSource]:
+    """Fresh data, its view cached in Valkey, and one other cache source running its replayer."""
     uid = await _seed(engine)
     await probe.fill(uid)
     replayer = AppConfigFragmentCacheSource(make_valkey_client(probe_url(probe)))
     AppConfigFragmentRepository(engine, replayer)
     await replayer.start()
-    env = {
-        **os.environ,
-        "APPCONFIG_WRITER_USER": str(uid),
-        "APPCONFIG_WRITER_DOMAIN": "d1",
-        "APPCONFIG_WRITER_DATABASE_URL": db_url,
-        "APPCONFIG_WRITER_VALKEY_URL": proxy.url,
-    }
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable, str(WRITER), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    return uid, replayer
+
+
+async def killed(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
+    uid, replayer = await _seeded_with_replayer(engine, probe)
+    writer = await spawn_outbox_writer(uid, "d1", db_url, proxy.url)
     assert writer.stdin and writer.stdout
     try:
         assert await writer.stdout.readline() == b"ready\n"
@@ -155,11 +152,7 @@ async def idle(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy
 
 
 async def sql(engine: AsyncEngine, db_url: str, probe: Probe, proxy: FaultProxy) -> float:
-    uid = await _seed(engine)
-    await probe.fill(uid)
-    replayer = AppConfigFragmentCacheSource(make_valkey_client(probe_url(probe)))
-    AppConfigFragmentRepository(engine, replayer)
-    await replayer.start()
+    uid, replayer = await _seeded_with_replayer(engine, probe)
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE app_config_fragments SET config = '{\"v\": 1}'"))
     committed = time.monotonic()

@@ -259,6 +259,25 @@ def measure(
     )
 
 
+def hot_reads(
+    bench: BenchSession, read: Callable[[UUID, str], Awaitable[Any]], n: int
+) -> Callable[[], Awaitable[Any]]:
+    """Read each hot user's ``NAME`` once through ``read`` (untimed: it fills the tiers
+    and learns the users' domains and generations), and return a :func:`measure` body
+    that makes ``n`` such reads, round the hot users."""
+    users = bench.hot_users
+    for uid in users:
+        bench.run(read(uid, NAME))
+
+    async def body() -> Any:
+        view = None
+        for i in range(n):
+            view = await read(users[i & 63], NAME)
+        return view
+
+    return body
+
+
 # -- state helpers ----------------------------------------------------------------------------
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
+from tests.support.metrics import registry_with
 
 from appconfig_cache.consistency import ConsistencyMonitor
-from appconfig_cache.metrics import AppConfigCacheCollector
 
-from .support import N_FAST, N_RT, NAME, BenchSession, measure, scaled, warm_valkey
+from .support import N_FAST, N_RT, NAME, BenchSession, hot_reads, measure, scaled, warm_valkey
 
 pytestmark = pytest.mark.benchmark(group="observability")
 
@@ -26,10 +26,7 @@ def _observe(bench: BenchSession, cache: Any, mode: str) -> ConsistencyMonitor |
     if mode == "plain":
         return None
     monitor = ConsistencyMonitor(cache, bench.engine) if mode == "observed" else None
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "bench", monitor=monitor)
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache, "bench", monitor=monitor)
 
     async def start() -> None:
         if monitor is not None:
@@ -40,33 +37,29 @@ def _observe(bench: BenchSession, cache: Any, mode: str) -> ConsistencyMonitor |
     return monitor
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_l1_hit(benchmark, clean_valkey: BenchSession, mode: str) -> None:
-    """An L1 hit (``local_ttl=60``: every timed op is a hit)."""
-    bench = clean_valkey
-    cache = bench.cache(local_ttl=60.0)
-    repo = bench.repo(cache)
-    users = bench.hot_users
-    for uid in users:
-        bench.run(repo.app_config(uid, NAME))
+def _measure_hits(
+    benchmark, bench: BenchSession, cache: Any, mode: str, hit: str, *, ops: int, rounds: int
+) -> None:
+    """Time ``ops`` reads of the hot users' views in ``mode``; the monitor's figures go to
+    ``extra_info``."""
+    body = hot_reads(bench, bench.repo(cache).app_config, ops)
     monitor = _observe(bench, cache, mode)
-    get = repo.app_config
-
-    async def body():
-        view = None
-        for i in range(N_FAST):
-            view = await get(users[i & 63], NAME)
-        return view
-
     try:
         measure(
-            benchmark, bench, f"observability.l1_hit.{mode}", body,
-            ops=N_FAST, rounds=scaled(benchmark, 100, 1),
+            benchmark, bench, f"observability.{hit}.{mode}", body,
+            ops=ops, rounds=scaled(benchmark, rounds, 1),
         )  # fmt: skip
     finally:
         if monitor is not None:
             benchmark.extra_info["monitor"] = monitor.figures().as_dict()
             bench.run(monitor.aclose())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_l1_hit(benchmark, clean_valkey: BenchSession, mode: str) -> None:
+    """An L1 hit (``local_ttl=60``: every timed op is a hit)."""
+    cache = clean_valkey.cache(local_ttl=60.0)
+    _measure_hits(benchmark, clean_valkey, cache, mode, "l1_hit", ops=N_FAST, rounds=100)
     assert cache.stats.l1_hits > 0
 
 
@@ -74,28 +67,7 @@ def test_l1_hit(benchmark, clean_valkey: BenchSession, mode: str) -> None:
 def test_l2_hit(benchmark, clean_valkey: BenchSession, mode: str) -> None:
     """A Valkey hit (``local_maxsize=0``); the monitor samples these misses of L1."""
     bench = clean_valkey
-    users = bench.hot_users
-    bench.run(warm_valkey(bench, users, [NAME]))
+    bench.run(warm_valkey(bench, bench.hot_users, [NAME]))
     cache = bench.cache(local_maxsize=0)
-    repo = bench.repo(cache)
-    for uid in users:
-        bench.run(repo.app_config(uid, NAME))
-    monitor = _observe(bench, cache, mode)
-    get = repo.app_config
-
-    async def body():
-        view = None
-        for i in range(N_RT):
-            view = await get(users[i & 63], NAME)
-        return view
-
-    try:
-        measure(
-            benchmark, bench, f"observability.l2_hit.{mode}", body,
-            ops=N_RT, rounds=scaled(benchmark, 60, 1),
-        )  # fmt: skip
-    finally:
-        if monitor is not None:
-            benchmark.extra_info["monitor"] = monitor.figures().as_dict()
-            bench.run(monitor.aclose())
+    _measure_hits(benchmark, bench, cache, mode, "l2_hit", ops=N_RT, rounds=60)
     assert cache.stats.l2_hits > 0

@@ -20,6 +20,7 @@ from .support import (
     BenchSession,
     cold_batches,
     count_trips,
+    hot_reads,
     measure,
     record_latency,
     scaled,
@@ -39,18 +40,7 @@ def test_l1_hit(benchmark, clean_valkey: BenchSession) -> None:
     add one Valkey hit per key every 2 s)."""
     bench = clean_valkey
     cache = bench.cache(local_ttl=60.0)
-    repo = bench.repo(cache)
-    users = bench.hot_users
-    for uid in users:
-        bench.run(repo.app_config(uid, NAME))
-    get = repo.app_config
-
-    async def body():
-        view = None
-        for i in range(N_FAST):
-            view = await get(users[i & 63], NAME)
-        return view
-
+    body = hot_reads(bench, bench.repo(cache).app_config, N_FAST)
     before = stats_snapshot(cache)
     measure(benchmark, bench, "ours.l1_hit", body, ops=N_FAST, rounds=scaled(benchmark, 100, 1))
     delta = stats_change(before, cache.stats, *_COUNTERS)
@@ -67,17 +57,7 @@ def test_l2_hit(benchmark, clean_valkey: BenchSession, memo: int) -> None:
     users = bench.hot_users
     bench.run(warm_valkey(bench, users, [NAME]))
     cache = bench.cache(local_maxsize=0, parse_memo_size=memo)
-    repo = bench.repo(cache)
-    for uid in users:  # learn the users' domains and the generations
-        bench.run(repo.app_config(uid, NAME))
-    get = repo.app_config
-
-    async def body():
-        view = None
-        for i in range(N_RT):
-            view = await get(users[i & 63], NAME)
-        return view
-
+    body = hot_reads(bench, bench.repo(cache).app_config, N_RT)
     before = stats_snapshot(cache)
     key = "ours.l2_hit" if memo else "ours.l2_hit_no_memo"
     measure(benchmark, bench, key, body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
@@ -187,18 +167,8 @@ def test_legacy_hit(benchmark, clean_valkey: BenchSession) -> None:
     """Legacy cache-aside hit: one GET, JSON decode and validation, no L1."""
     bench = clean_valkey
     repo = LegacyRepository(bench.engine, LegacyAppConfigCacheSource(bench.client))
-    users = bench.hot_users
-    for uid in users:
-        bench.run(repo.app_config(uid, NAME))
+    body = hot_reads(bench, repo.app_config, N_RT)
     loads = repo.db_loads
-    get = repo.app_config
-
-    async def body():
-        view = None
-        for i in range(N_RT):
-            view = await get(users[i & 63], NAME)
-        return view
-
     measure(benchmark, bench, "legacy.hit", body, ops=N_RT, rounds=scaled(benchmark, 60, 1))
     assert repo.db_loads == loads
     benchmark.extra_info["trips"] = bench.run(_legacy_trips(bench, miss=False))

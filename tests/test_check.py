@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import sqlalchemy as sa
 import valkey.asyncio as valkey_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,8 +13,7 @@ from appconfig_cache import (
     AppConfigFragmentRepository,
     MyFragmentInput,
 )
-from tests.support.data import add_policy, add_users
-from tests.support.fragments import domain_fragment, user_fragment
+from tests.support.consistency import change_behind_the_cache, theme_org
 from tests.test_cli import assert_one_line_error, closed_port, run_cli, run_cli_sync
 
 NAMES = ("theme", "menu")
@@ -23,13 +21,7 @@ NAMES = ("theme", "menu")
 
 async def cached_org(engine: AsyncEngine, client: valkey_asyncio.Valkey) -> list[uuid.UUID]:
     """Four users of one domain, each with a theme of their own, every view cached in Valkey."""
-    users = [uuid.uuid4() for _ in range(4)]
-    await add_users(engine, {uid: "d1" for uid in users})
-    for name in NAMES:
-        await add_policy(engine, name)
-    plain = AppConfigFragmentRepository(engine)
-    await plain.admin_bulk_create([domain_fragment("d1", n, {"color": "blue"}) for n in NAMES])
-    await plain.admin_bulk_create([user_fragment(uid, "theme", {"size": 1}) for uid in users])
+    users = await theme_org(engine, 4, NAMES, {"size": 1})
     # Twice, as two processes: the first pass learns the domain's generation (created by
     # its first miss), the second fills every envelope.
     for _ in range(2):
@@ -80,15 +72,7 @@ async def test_check_confirms_a_view_changed_behind_the_cache_and_exits_1(
 ) -> None:
     users = await cached_org(engine, valkey_client)
     victim = users[2]
-    # Invalidation bypassed: plain SQL, no generation bump.
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "UPDATE app_config_fragments SET config = CAST(:c AS JSONB) "
-                "WHERE scope_type = 'user' AND scope_id = :uid AND name = 'theme'"
-            ),
-            {"c": json.dumps({"size": "secret-value"}), "uid": str(victim)},
-        )
+    await change_behind_the_cache(engine, victim)  # no generation bump
     args = ("check", "--valkey-url", valkey_url, "--database-url", database_url)
     proc = await run_cli(*args, "--all", "--json", "--window", "0")
     assert proc.returncode == 1, proc.stderr

@@ -23,8 +23,8 @@ from appconfig_cache import (
 )
 from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
-from tests.support.data import add_policy, add_users
-from tests.support.fragments import domain_fragment, user_fragment
+from tests.support.consistency import theme_org
+from tests.support.metrics import registry_with
 
 NAMES = ("theme", "menu")
 #: every label a metric may carry, and the values each may take (None: numbers, for ``le``)
@@ -56,14 +56,7 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 async def org(engine: AsyncEngine, n_users: int) -> list[uuid.UUID]:
-    users = [uuid.uuid4() for _ in range(n_users)]
-    await add_users(engine, {uid: "d1" for uid in users})
-    for name in NAMES:
-        await add_policy(engine, name)
-    repo = AppConfigFragmentRepository(engine)
-    await repo.admin_bulk_create([domain_fragment("d1", n, {"color": "blue"}) for n in NAMES])
-    await repo.admin_bulk_create([user_fragment(uid, "theme", {"r": -1}) for uid in users])
-    return users
+    return await theme_org(engine, n_users, NAMES, {"r": -1})
 
 
 async def workload(
@@ -172,10 +165,7 @@ async def test_no_label_value_comes_from_user_input(
 ) -> None:
     users = await org(engine, 4)
     cache = AppConfigFragmentCacheSource(valkey_client, timer=FakeClock())
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main")
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache)
     try:
         await workload(AppConfigFragmentRepository(engine, cache_source=cache), users, 3)
         await cache.drain()
@@ -200,10 +190,7 @@ async def test_l1_hits_observe_nothing(
 ) -> None:
     users = await org(engine, 1)
     cache = AppConfigFragmentCacheSource(valkey_client, timer=FakeClock())
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main")
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache)
     repo = AppConfigFragmentRepository(engine, cache_source=cache)
     try:
         await repo.app_config(users[0], "theme")

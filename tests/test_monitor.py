@@ -8,15 +8,13 @@ leave by invalidation.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import uuid
 
 import pytest
-import sqlalchemy as sa
 import valkey.asyncio as valkey_asyncio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,10 +25,10 @@ from appconfig_cache import (
     MyFragmentInput,
 )
 from appconfig_cache.consistency import ConsistencyMonitor, nines
-from appconfig_cache.metrics import AppConfigCacheCollector
 from tests.support.clock import FakeClock
-from tests.support.data import add_policy, add_users
+from tests.support.consistency import change_behind_the_cache, theme_org
 from tests.support.fragments import domain_fragment, user_fragment
+from tests.support.metrics import registry_with
 from tests.test_cli import closed_port
 
 NAMES = ("theme", "menu")
@@ -38,26 +36,7 @@ WINDOW = 5.0
 
 
 async def org(engine: AsyncEngine, n_users: int) -> list[uuid.UUID]:
-    users = [uuid.uuid4() for _ in range(n_users)]
-    await add_users(engine, {uid: "d1" for uid in users})
-    for name in NAMES:
-        await add_policy(engine, name)
-    plain = AppConfigFragmentRepository(engine)
-    await plain.admin_bulk_create([domain_fragment("d1", n, {"color": "blue"}) for n in NAMES])
-    await plain.admin_bulk_create([user_fragment(uid, "theme", {"size": 0}) for uid in users])
-    return users
-
-
-async def change_behind_the_cache(engine: AsyncEngine, uid: uuid.UUID) -> None:
-    """Change a user's theme in PostgreSQL with invalidation bypassed (plain SQL)."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "UPDATE app_config_fragments SET config = CAST(:c AS JSONB) "
-                "WHERE scope_type = 'user' AND scope_id = :uid AND name = 'theme'"
-            ),
-            {"c": json.dumps({"size": "secret-value"}), "uid": str(uid)},
-        )
+    return await theme_org(engine, n_users, NAMES, {"size": 0})
 
 
 async def fill_valkey(
@@ -135,10 +114,7 @@ async def test_monitor_confirms_a_view_changed_behind_the_cache(
     await repo.app_config(victim, "theme")  # from Valkey (and into L1)
     clock = FakeClock()
     monitor = monitor_for(cache, engine, clock)
-    collector = AppConfigCacheCollector()
-    collector.add(cache, "main", monitor=monitor)
-    registry = CollectorRegistry()
-    registry.register(collector)
+    registry = registry_with(cache, monitor=monitor)
     try:
         await change_behind_the_cache(engine, victim)
         # reads the monitor samples: a hit in L1, or a miss that Valkey answers

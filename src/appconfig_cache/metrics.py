@@ -122,166 +122,255 @@ class _Families:
         self._by_name: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
 
     def counter(self, name: str, doc: str, labels: dict[str, str], value: float) -> None:
-        family = self._by_name.get(name)
-        if family is None:
-            family = self._by_name[name] = CounterMetricFamily(
-                PREFIX + name, doc, labels=list(labels)
-            )
-        family.add_metric(list(labels.values()), value)
+        self._add(CounterMetricFamily, name, doc, labels, value)
 
     def gauge(self, name: str, doc: str, labels: dict[str, str], value: float) -> None:
+        self._add(GaugeMetricFamily, name, doc, labels, value)
+
+    def one_hot(
+        self, name: str, doc: str, labels: dict[str, str], states: Iterable[str], current: str
+    ) -> None:
+        """A gauge per state: 1 for ``current``, 0 for the others."""
+        for state in states:
+            self.gauge(name, doc, {**labels, "state": state}, 1.0 if current == state else 0.0)
+
+    def fields(self, table: Iterable[_Fields], labels: dict[str, str], figures: object) -> None:
+        """The families of ``table``, each sample read from a field of ``figures``."""
+        for metric in table:
+            for extra, field in metric.samples:
+                value = getattr(figures, field)
+                self._add(metric.family, metric.name, metric.doc, {**labels, **extra}, value)
+
+    def _add(
+        self,
+        family_type: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        name: str,
+        doc: str,
+        labels: dict[str, str],
+        value: float,
+    ) -> None:
         family = self._by_name.get(name)
         if family is None:
-            family = self._by_name[name] = GaugeMetricFamily(
-                PREFIX + name, doc, labels=list(labels)
-            )
+            family = self._by_name[name] = family_type(PREFIX + name, doc, labels=list(labels))
         family.add_metric(list(labels.values()), value)
 
     def all(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         return self._by_name.values()
 
 
+#: a sample: its labels (besides ``cache``) and the field that holds its value
+_Sample = tuple[dict[str, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """A counter or gauge family whose samples are fields of one figures object."""
+
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+    name: str
+    doc: str
+    samples: tuple[_Sample, ...]
+
+
+def _counter(name: str, doc: str, *samples: str | _Sample) -> _Fields:
+    """A counter family; a sample given as a bare field name has no label but ``cache``."""
+    return _Fields(CounterMetricFamily, name, doc, _samples(samples))
+
+
+def _gauge(name: str, doc: str, *samples: str | _Sample) -> _Fields:
+    """A gauge family; a sample given as a bare field name has no label but ``cache``."""
+    return _Fields(GaugeMetricFamily, name, doc, _samples(samples))
+
+
+def _samples(samples: tuple[str | _Sample, ...]) -> tuple[_Sample, ...]:
+    return tuple(({}, sample) if isinstance(sample, str) else sample for sample in samples)
+
+
+# The tables below hold the families read from ``cache.stats``, in the order they are
+# scraped; _cache_samples adds the few that are not plain fields between them.
+
+_READS = (
+    _counter(
+        "reads_total",
+        "Reads by tier and result (l2 skipped: Valkey not asked).",
+        ({"tier": "l1", "result": "hit"}, "l1_hits"),
+        ({"tier": "l1", "result": "miss"}, "l1_misses"),
+        ({"tier": "l2", "result": "hit"}, "l2_hits"),
+        ({"tier": "l2", "result": "miss"}, "l2_misses"),
+        ({"tier": "l2", "result": "skipped"}, "l2_skipped"),
+    ),
+    _counter("db_loads_total", "DB queries made by the cache source's reads.", "db_loads"),
+    _counter(
+        "db_shared_loads_total",
+        "DB queries for the shared part of views (also in db_loads_total).",
+        "shared_loads",
+    ),
+    _counter(
+        "valkey_errors_total",
+        "Valkey failures by kind (unavailable: refused, reset, garbage or a confirmed hang).",
+        ({"kind": "unavailable"}, "valkey_errors"),
+        ({"kind": "timeout"}, "valkey_timeouts"),
+        ({"kind": "refused"}, "valkey_refusals"),
+    ),
+    _counter(
+        "valkey_timeouts_forgiven_total",
+        "Timeouts the health probe showed were this process's load, not Valkey's.",
+        "timeouts_forgiven",
+    ),
+)
+
+_WRITES = (
+    _counter("breaker_opens_total", "Transitions of the breaker to open.", "breaker_opens"),
+    _gauge(
+        "pending_bumps",
+        "Generation bumps that did not reach Valkey and wait to be replayed.",
+        "pending_bumps",
+    ),
+    _counter(
+        "invalidations_total",
+        "Generation bumps by the kind of generation.",
+        *(({"kind": kind}, f"invalidations_{kind}") for kind in _GEN_KINDS),
+    ),
+    _counter(
+        "fills_total",
+        "Envelopes written to Valkey, or refused (Valkey unusable, oversize, no domain).",
+        ({"result": "written"}, "fills"),
+        ({"result": "skipped"}, "fills_skipped"),
+    ),
+    _counter(
+        "oversize_values_total",
+        "Views over max_value_bytes: served, not cached.",
+        "oversize_values",
+    ),
+    _counter(
+        "envelopes_rejected_total",
+        "Envelopes not used: malformed or foreign, or outdated generations.",
+        ({"reason": "malformed"}, "envelopes_rejected"),
+        ({"reason": "outdated"}, "envelopes_outdated"),
+    ),
+)
+
+_MEMORY = (
+    _gauge("l1_bytes", "L1's weight: the estimated memory of its views.", "l1_bytes"),
+    _gauge("memo_bytes", "The parse memo's weight in bytes.", "memo_bytes"),
+    _counter(
+        "weight_refused_total",
+        "Values served but not kept: heavier than an eighth of the tier's byte budget.",
+        ({"store": "l1"}, "l1_refused"),
+        ({"store": "memo"}, "memo_refused"),
+    ),
+    _counter(
+        "weight_evicted_total",
+        "Entries evicted to stay under the tier's byte budget (count evictions aside).",
+        ({"store": "l1"}, "l1_evicted_for_weight"),
+        ({"store": "memo"}, "memo_evicted_for_weight"),
+    ),
+    _counter(
+        "l1_renewals_total",
+        "L1 entries kept past local_ttl by fresh generation readings.",
+        "l1_renewals",
+    ),
+    _counter(
+        "generation_refreshes_total",
+        "Background round trips reading the generations of hot L1 entries.",
+        "gen_refreshes",
+    ),
+    _counter(
+        "recomposed_total",
+        "Views rebuilt from a held user part and a fresh shared part.",
+        ({"source": "envelope"}, "recomposed"),
+        ({"source": "l1"}, "l1_recomposed"),
+    ),
+    _counter(
+        "flights_joined_total", "Reads that joined another read's in-flight load.", "flights_joined"
+    ),
+)
+
+_BROADCAST_AND_OUTBOX = (
+    _counter(
+        "broadcast_received_total",
+        "Invalidation messages received from other processes.",
+        "broadcast_received",
+    ),
+    _counter(
+        "broadcast_gaps_total",
+        "Subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings.",
+        "broadcast_gaps",
+    ),
+    _gauge(
+        "outbox_backlog",
+        "Due outbox rows the replayer's last poll left in place (a lower bound; 0: caught up).",
+        "outbox_backlog",
+    ),
+    _counter(
+        "outbox_replayed_total", "Outbox rows this replayer bumped and deleted.", "outbox_replayed"
+    ),
+    _counter(
+        "outbox_double_bumps_total",
+        "Targets bumped twice (harmless: costs misses, never correctness).",
+        "outbox_double_bumps",
+    ),
+    _counter(
+        "outbox_errors_total",
+        "Outbox polls, replays or deletes that PostgreSQL failed.",
+        "outbox_errors",
+    ),
+)
+
+_MONITOR_CHECKS = (
+    _counter(
+        "monitor_checks_total",
+        "Consistency monitor verdicts (cleared: a mismatch that did not persist).",
+        ({"result": "consistent"}, "consistent"),
+        ({"result": "cleared"}, "cleared"),
+        ({"result": "inconsistent"}, "confirmed"),
+    ),
+)
+
+_MONITOR_WORK = (
+    _counter("monitor_sampled_total", "Views sampled for a check.", "sampled"),
+    _counter("monitor_db_loads_total", "DB-only reads made by the monitor.", "db_loads"),
+    _gauge("monitor_pending", "Samples waiting for a check.", "pending"),
+    _gauge("monitor_window_checks", "Verdicts in the sliding window.", "window_checked"),
+    _gauge(
+        "monitor_window_inconsistencies",
+        "Confirmed inconsistencies in the sliding window.",
+        "window_confirmed",
+    ),
+    _gauge(
+        "monitor_window_seconds", "Length of the nines' sliding window.", "nines_window_seconds"
+    ),
+)
+
+
 def _cache_samples(f: _Families, source: _Source) -> None:
     cache, c = source.cache, {"cache": source.name}
     s = cache.stats  # refreshes the breaker, pending bumps, renewals and broadcast state
-    reads = "Reads by tier and result (l2 skipped: Valkey not asked)."
-    f.counter("reads_total", reads, {**c, "tier": "l1", "result": "hit"}, s.l1_hits)
-    f.counter("reads_total", reads, {**c, "tier": "l1", "result": "miss"}, s.l1_misses)
-    f.counter("reads_total", reads, {**c, "tier": "l2", "result": "hit"}, s.l2_hits)
-    f.counter("reads_total", reads, {**c, "tier": "l2", "result": "miss"}, s.l2_misses)
-    f.counter("reads_total", reads, {**c, "tier": "l2", "result": "skipped"}, s.l2_skipped)
-    f.counter("db_loads_total", "DB queries made by the cache source's reads.", c, s.db_loads)
-    f.counter(
-        "db_shared_loads_total",
-        "DB queries for the shared part of views (also in db_loads_total).",
+    f.fields(_READS, c, s)
+    f.one_hot(
+        "breaker_state",
+        "1 for the circuit breaker's current state, 0 for the others.",
         c,
-        s.shared_loads,
+        (state.value for state in BreakerState),
+        s.breaker_state,
     )
-    errors = "Valkey failures by kind (unavailable: refused, reset, garbage or a confirmed hang)."
-    f.counter("valkey_errors_total", errors, {**c, "kind": "unavailable"}, s.valkey_errors)
-    f.counter("valkey_errors_total", errors, {**c, "kind": "timeout"}, s.valkey_timeouts)
-    f.counter("valkey_errors_total", errors, {**c, "kind": "refused"}, s.valkey_refusals)
-    f.counter(
-        "valkey_timeouts_forgiven_total",
-        "Timeouts the health probe showed were this process's load, not Valkey's.",
-        c,
-        s.timeouts_forgiven,
-    )
-    for state in BreakerState:
-        f.gauge(
-            "breaker_state",
-            "1 for the circuit breaker's current state, 0 for the others.",
-            {**c, "state": state.value},
-            1.0 if s.breaker_state == state.value else 0.0,
-        )
-    f.counter("breaker_opens_total", "Transitions of the breaker to open.", c, s.breaker_opens)
-    f.gauge(
-        "pending_bumps",
-        "Generation bumps that did not reach Valkey and wait to be replayed.",
-        c,
-        s.pending_bumps,
-    )
-    for kind in _GEN_KINDS:
-        f.counter(
-            "invalidations_total",
-            "Generation bumps by the kind of generation.",
-            {**c, "kind": kind},
-            getattr(s, f"invalidations_{kind}"),
-        )
-    fills = "Envelopes written to Valkey, or refused (Valkey unusable, oversize, no domain)."
-    f.counter("fills_total", fills, {**c, "result": "written"}, s.fills)
-    f.counter("fills_total", fills, {**c, "result": "skipped"}, s.fills_skipped)
-    f.counter(
-        "oversize_values_total",
-        "Views over max_value_bytes: served, not cached.",
-        c,
-        s.oversize_values,
-    )
-    rejected = "Envelopes not used: malformed or foreign, or outdated generations."
-    f.counter(
-        "envelopes_rejected_total", rejected, {**c, "reason": "malformed"}, s.envelopes_rejected
-    )
-    f.counter(
-        "envelopes_rejected_total", rejected, {**c, "reason": "outdated"}, s.envelopes_outdated
-    )
+    f.fields(_WRITES, c, s)
     f.gauge("l1_entries", "Entries in L1 now.", c, cache.local_size())
     f.gauge("l1_max_entries", "L1's bound (local_maxsize).", c, cache.local_maxsize)
-    f.gauge("l1_bytes", "L1's weight: the estimated memory of its views.", c, s.l1_bytes)
-    f.gauge("memo_bytes", "The parse memo's weight in bytes.", c, s.memo_bytes)
-    refused = "Values served but not kept: heavier than an eighth of the tier's byte budget."
-    f.counter("weight_refused_total", refused, {**c, "store": "l1"}, s.l1_refused)
-    f.counter("weight_refused_total", refused, {**c, "store": "memo"}, s.memo_refused)
-    evicted = "Entries evicted to stay under the tier's byte budget (count evictions aside)."
-    f.counter("weight_evicted_total", evicted, {**c, "store": "l1"}, s.l1_evicted_for_weight)
-    f.counter("weight_evicted_total", evicted, {**c, "store": "memo"}, s.memo_evicted_for_weight)
-    f.counter(
-        "l1_renewals_total",
-        "L1 entries kept past local_ttl by fresh generation readings.",
+    f.fields(_MEMORY, c, s)
+    f.one_hot(
+        "broadcast_state",
+        "1 for the invalidation broadcast's current state, 0 for the others.",
         c,
-        s.l1_renewals,
+        _BROADCAST_STATES,
+        s.broadcast,
     )
-    f.counter(
-        "generation_refreshes_total",
-        "Background round trips reading the generations of hot L1 entries.",
-        c,
-        s.gen_refreshes,
-    )
-    recomposed = "Views rebuilt from a held user part and a fresh shared part."
-    f.counter("recomposed_total", recomposed, {**c, "source": "envelope"}, s.recomposed)
-    f.counter("recomposed_total", recomposed, {**c, "source": "l1"}, s.l1_recomposed)
-    f.counter(
-        "flights_joined_total",
-        "Reads that joined another read's in-flight load.",
-        c,
-        s.flights_joined,
-    )
-    for broadcast in _BROADCAST_STATES:
-        f.gauge(
-            "broadcast_state",
-            "1 for the invalidation broadcast's current state, 0 for the others.",
-            {**c, "state": broadcast},
-            1.0 if s.broadcast == broadcast else 0.0,
-        )
-    f.counter(
-        "broadcast_received_total",
-        "Invalidation messages received from other processes.",
-        c,
-        s.broadcast_received,
-    )
-    f.counter(
-        "broadcast_gaps_total",
-        "Subscriptions lost or (re)confirmed: each one dropped L1 and the generation readings.",
-        c,
-        s.broadcast_gaps,
-    )
-    f.gauge(
-        "outbox_backlog",
-        "Due outbox rows the replayer's last poll left in place (a lower bound; 0: caught up).",
-        c,
-        s.outbox_backlog,
-    )
-    f.counter(
-        "outbox_replayed_total", "Outbox rows this replayer bumped and deleted.", c,
-        s.outbox_replayed,
-    )  # fmt: skip
-    f.counter(
-        "outbox_double_bumps_total",
-        "Targets bumped twice (harmless: costs misses, never correctness).",
-        c,
-        s.outbox_double_bumps,
-    )
-    f.counter(
-        "outbox_errors_total", "Outbox polls, replays or deletes that PostgreSQL failed.", c,
-        s.outbox_errors,
-    )  # fmt: skip
+    f.fields(_BROADCAST_AND_OUTBOX, c, s)
 
 
 def _monitor_samples(f: _Families, name: str, monitor: ConsistencyMonitor) -> None:
     m, c = monitor.figures(), {"cache": name}
-    checks = "Consistency monitor verdicts (cleared: a mismatch that did not persist)."
-    f.counter("monitor_checks_total", checks, {**c, "result": "consistent"}, m.consistent)
-    f.counter("monitor_checks_total", checks, {**c, "result": "cleared"}, m.cleared)
-    f.counter("monitor_checks_total", checks, {**c, "result": "inconsistent"}, m.confirmed)
+    f.fields(_MONITOR_CHECKS, c, m)
     for tier in TIERS:
         f.counter(
             "monitor_inconsistencies_total",
@@ -296,24 +385,7 @@ def _monitor_samples(f: _Families, name: str, monitor: ConsistencyMonitor) -> No
             {**c, "reason": reason},
             count,
         )
-    f.counter("monitor_sampled_total", "Views sampled for a check.", c, m.sampled)
-    f.counter("monitor_db_loads_total", "DB-only reads made by the monitor.", c, m.db_loads)
-    f.gauge("monitor_pending", "Samples waiting for a check.", c, m.pending)
-    f.gauge(
-        "monitor_window_checks",
-        "Verdicts in the sliding window.",
-        c,
-        m.window_checked,
-    )
-    f.gauge(
-        "monitor_window_inconsistencies",
-        "Confirmed inconsistencies in the sliding window.",
-        c,
-        m.window_confirmed,
-    )
-    f.gauge(
-        "monitor_window_seconds", "Length of the nines' sliding window.", c, m.nines_window_seconds
-    )
+    f.fields(_MONITOR_WORK, c, m)
     if m.nines is not None:
         f.gauge(
             "monitor_nines",

@@ -10,11 +10,9 @@ write and per ``local_ttl``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -26,6 +24,7 @@ from appconfig_cache import AppConfigFragmentRepository, AppConfigPolicyReposito
 from tests.support.data import add_users
 from tests.support.fragments import fragment_input
 from tests.support.scopes import DOMAIN, PUBLIC, USER
+from tests.support.workers import released, spawn_worker
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
@@ -35,19 +34,6 @@ DURATION = 3.0
 WRITE_INTERVAL = 0.15
 READERS = 3
 SLACK = 0.25  # measurement only: a read's start is taken before its L1 check
-STARTUP_GUARD = 60.0  # a hang guard for process start-up, not a timing assertion
-
-
-async def _spawn(role: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(WORKER),
-        role,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 def _staleness(reads: list[list[float]], writes: list[list[float]]) -> tuple[float, int]:
@@ -82,24 +68,11 @@ async def test_staleness_across_processes_is_bounded_by_local_ttl(
         "APPCONFIG_WORKER_WRITE_INTERVAL": str(WRITE_INTERVAL),
         "APPCONFIG_WORKER_BROADCAST": "1" if broadcast else "0",
     }
-    procs = [await _spawn("writer", env)] + [await _spawn("reader", env) for _ in range(READERS)]
-    try:
-        for proc in procs:  # everyone connected and warmed up
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_GUARD)
-            if line.strip() != b"ready":
-                _out, err = await proc.communicate()
-                pytest.fail(f"worker did not start: {line!r} {err.decode()[-2000:]}")
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
+    procs = [await spawn_worker(WORKER, "writer", env)] + [
+        await spawn_worker(WORKER, "reader", env) for _ in range(READERS)
+    ]
+    async with released(procs):  # everyone connected and warmed up, then go
         outputs = [await proc.communicate() for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
     results: list[dict[str, Any]] = []
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode()[-2000:]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from appconfig_cache.tiered import keys
 from tests.support.data import add_users
 from tests.support.fragments import fragment_input
 from tests.support.scopes import DOMAIN, PUBLIC, USER
+from tests.support.workers import released, spawn_worker
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.processes]
 
@@ -50,7 +50,6 @@ DURATION = float(os.environ.get("APPCONFIG_DRILL_DURATION", "9.0"))
 BREAKER_COOLDOWN = float(os.environ.get("APPCONFIG_DRILL_BREAKER_COOLDOWN", "1.0"))
 USERS_PER_SHARD = 4
 DOMAINS = ("dA", "dB")
-STARTUP_GUARD = 60.0  # a hang guard for process start-up, not a timing assertion
 WINDOW = 0.5  # seconds per hit-rate window
 
 
@@ -63,14 +62,6 @@ def _users_on_every_shard(per_shard: int) -> list[UUID]:
         if len(picked[shard]) < per_shard:
             picked[shard].append(uid)
     return [uid for found in picked.values() for uid in found]
-
-
-async def _spawn(role: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, str(WORKER), role, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
 
 
 def _lose_primary(cluster: EmbeddedValkeyReplicatedCluster, how: str, slot: int) -> float:
@@ -171,31 +162,16 @@ async def test_losing_a_primary_fails_no_request_and_serves_nothing_stale(
     }
     # reader 0 has L1 (local_ttl bounds it); reader 1 has none: every read asks Valkey
     procs = [
-        await _spawn("writer", env),
-        await _spawn("reader", {**env, "APPCONFIG_DRILL_L1": "1"}),
-        await _spawn("reader", {**env, "APPCONFIG_DRILL_L1": "0"}),
+        await spawn_worker(WORKER, "writer", env),
+        await spawn_worker(WORKER, "reader", {**env, "APPCONFIG_DRILL_L1": "1"}),
+        await spawn_worker(WORKER, "reader", {**env, "APPCONFIG_DRILL_L1": "0"}),
     ]
     slot = key_slot(keys.PUBLIC_GEN.encode())
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_GUARD)
-            if line.strip() != b"ready":
-                _out, err = await proc.communicate()
-                pytest.fail(f"worker did not start: {line!r} {err.decode()[-2000:]}")
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
+    async with released(procs):
         await asyncio.sleep(BASELINE)  # pacing: a baseline of load before the fault
         fault_at = time.monotonic()
         promoted = await asyncio.to_thread(_lose_primary, cluster, how, slot)
         outputs = [await proc.communicate() for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
     results = []
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode()[-2000:]

@@ -21,18 +21,24 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from appconfig_cache import AppConfigData, AppConfigFragmentRepository
+from appconfig_cache import AppConfigFragmentRepository
 from appconfig_cache.tiered import keys
 from tests.faults.conftest import pg_target, pg_url_via
 from tests.faults.proxy import FaultProxy
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import domain_fragment
 from tests.support.internals import bump_recovery, trip_breaker
-from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
+from tests.support.outbox import (
+    Reader,
+    ReaderFactory,
+    add_outbox_rows,
+    outbox_rows,
+    spawn_outbox_writer,
+    sql,
+)
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 from tests.support.valkey import direct_client
 
-WRITER = Path(__file__).with_name("_outbox_writer.py")
 REPLAYER = Path(__file__).with_name("_outbox_replayer.py")
 NAME = "theme"
 HANG_GUARD = 30.0  # a bug must fail the test, not hang it; not a timing assertion
@@ -50,15 +56,6 @@ async def _seed(engine: AsyncEngine) -> uuid.UUID:
     return uid
 
 
-async def _cached(reader: Reader, uid: uuid.UUID) -> AppConfigData:
-    """Read until the view is in Valkey (a first read learns the domain, the next fills)."""
-    for _ in range(2):
-        view = await reader.repo.app_config(uid, NAME)
-        await reader.cache.drain()
-        reader.expire_l1()
-    return view
-
-
 async def _read(reader: Reader, uid: uuid.UUID) -> Any:
     reader.expire_l1()
     return (await reader.repo.app_config(uid, NAME)).config
@@ -73,18 +70,8 @@ async def test_a_killed_writers_change_is_replayed_by_another_process(
 ) -> None:
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
-    env = {
-        **os.environ,
-        "APPCONFIG_WRITER_USER": str(uid),
-        "APPCONFIG_WRITER_DOMAIN": "d1",
-        "APPCONFIG_WRITER_DATABASE_URL": database_url,
-        "APPCONFIG_WRITER_VALKEY_URL": valkey_proxy.url,
-    }
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable, str(WRITER), env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
+    writer = await spawn_outbox_writer(uid, "d1", database_url, valkey_proxy.url)
     assert writer.stdin is not None and writer.stdout is not None
     try:
         async with asyncio.timeout(HANG_GUARD):
@@ -112,10 +99,10 @@ async def test_an_idle_writer_replays_its_bump_as_soon_as_valkey_answers(
 ) -> None:
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
     # Default retry_interval; the outbox replayer is not involved (interval 1 h).
     writer = await make_reader(valkey_proxy.url, timeout=0.2)
-    await _cached(writer, uid)
+    await writer.read_until_cached(uid, NAME)
     valkey_proxy.set_drop_matching(b"INCRBY")
     done = await writer.repo.admin_bulk_update([domain_fragment("d1", NAME, {"v": 1})])
     assert not done.failures and writer.cache.stats.pending_bumps == 1
@@ -176,9 +163,9 @@ async def test_a_writer_whose_breaker_is_open_recovers_without_a_read(
     """The recovery task pings Valkey whatever the breaker's state, and closes it."""
     uid = await _seed(engine)
     reader = await make_reader()
-    assert (await _cached(reader, uid)).config == {"v": 0}
+    assert (await reader.read_until_cached(uid, NAME)).config == {"v": 0}
     writer = await make_reader(retry_interval=0.01)
-    await _cached(writer, uid)
+    await writer.read_until_cached(uid, NAME)
     trip_breaker(writer.cache)
     done = await writer.repo.admin_bulk_update([domain_fragment("d1", NAME, {"v": 1})])
     assert not done.failures and writer.cache.stats.pending_bumps == 1  # never sent

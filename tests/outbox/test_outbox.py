@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import (
-    AppConfigData,
     AppConfigError,
     AppConfigFragmentRepository,
     AppConfigPolicyRepository,
@@ -31,7 +30,7 @@ from tests.support.fragments import (
     public_fragment,
     user_fragment,
 )
-from tests.support.outbox import Reader, ReaderFactory, add_outbox_rows, outbox_rows, sql
+from tests.support.outbox import ReaderFactory, add_outbox_rows, outbox_rows, sql
 from tests.support.polling import wait_for
 from tests.support.scopes import DOMAIN, PUBLIC, USER
 from tests.support.valkey import direct_client
@@ -55,15 +54,6 @@ async def _seed(engine: AsyncEngine) -> uuid.UUID:
     assert not done.failures
     await sql(engine, "DELETE FROM app_config_outbox")
     return uid
-
-
-async def _cached(reader: Reader, uid: uuid.UUID) -> AppConfigData:
-    """Read until the view is in Valkey (a first read learns the domain, the next fills)."""
-    for _ in range(2):
-        view = await reader.repo.app_config(uid, NAME)
-        await reader.cache.drain()
-        reader.expire_l1()
-    return view
 
 
 #: changes made with plain SQL, no library call: (statement, what the outbox must name)
@@ -99,7 +89,7 @@ async def test_a_plain_sql_change_reaches_cached_readers(
     uid = await _seed(engine)
     oracle = AppConfigFragmentRepository(engine)
     reader, replayer = await make_reader(), await make_reader()
-    before = await _cached(reader, uid)
+    before = await reader.read_until_cached(uid, NAME)
 
     statement, named = CHANGES[change]
     await sql(engine, statement, uid=str(uid))

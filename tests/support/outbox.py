@@ -5,9 +5,13 @@ The ``make_reader`` fixture is imported by the conftest of each directory that u
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
@@ -15,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from appconfig_cache import (
+    AppConfigData,
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
     make_valkey_client,
@@ -34,6 +39,14 @@ class Reader:
     def expire_l1(self) -> None:
         """Move past L1's lifetime (and the generation readings'), so Valkey is asked."""
         self.clock.advance(self.cache.local_ttl * 2 + 1)
+
+    async def read_until_cached(self, user_id: uuid.UUID, name: str) -> AppConfigData:
+        """Read until the view is in Valkey (a first read learns the domain, the next fills)."""
+        for _ in range(2):
+            view = await self.repo.app_config(user_id, name)
+            await self.cache.drain()
+            self.expire_l1()
+        return view
 
 
 ReaderFactory = Callable[..., Awaitable[Reader]]
@@ -57,6 +70,27 @@ async def make_reader(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[Rea
     for reader in made:
         await reader.cache.aclose()
         await reader.client.aclose()
+
+
+#: the writer process of the killed-writer scenarios (tests/faults and bench/outbox_recovery)
+OUTBOX_WRITER = Path(__file__).resolve().parent.parent / "faults" / "_outbox_writer.py"
+
+
+async def spawn_outbox_writer(
+    user_id: uuid.UUID, domain: str, database_url: str, valkey_url: str
+) -> asyncio.subprocess.Process:
+    """Start :data:`OUTBOX_WRITER` (stdin and stdout piped); it prints ``ready`` once warm."""
+    env = {
+        **os.environ,
+        "APPCONFIG_WRITER_USER": str(user_id),
+        "APPCONFIG_WRITER_DOMAIN": domain,
+        "APPCONFIG_WRITER_DATABASE_URL": database_url,
+        "APPCONFIG_WRITER_VALKEY_URL": valkey_url,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(OUTBOX_WRITER), env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 async def sql(engine: AsyncEngine, statement: str, **params: Any) -> None:

@@ -16,6 +16,9 @@ __all__ = [
     "CliError",
     "Progress",
     "add_command",
+    "add_command_group",
+    "add_database_url",
+    "add_valkey_url",
     "database_url_for",
     "describe_url",
     "valkey_client_for",
@@ -86,6 +89,26 @@ def add_command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+def add_command_group(commands: Any, name: str, *, summary: str, description: str) -> Any:
+    """A command made of subcommands (``NAME COMMAND``, one required): add them to the result."""
+    group = commands.add_parser(name, help=summary, description=description)
+    subcommands = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    subcommands.required = True
+    return subcommands
+
+
+def add_valkey_url(parser: argparse.ArgumentParser) -> None:
+    """The required ``--valkey-url`` of a command that works on the cache's Valkey."""
+    parser.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
+
+
+def add_database_url(
+    parser: argparse.ArgumentParser, help: str = "postgresql://user:password@host:port/database"
+) -> None:
+    """The required ``--database-url`` of a command that works on the PostgreSQL."""
+    parser.add_argument("--database-url", metavar="URL", required=True, help=help)
 
 
 def one_line(exc: BaseException) -> str:

@@ -18,6 +18,8 @@ from ._common import (
     CliError,
     Progress,
     add_command,
+    add_database_url,
+    add_valkey_url,
     database_error,
     database_url_for,
     describe_url,
@@ -55,13 +57,8 @@ def add_parser(commands: Any) -> None:
         summary="compare cached views in Valkey with PostgreSQL and report nines",
         description=DESCRIPTION,
     )
-    p.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
-    p.add_argument(
-        "--database-url",
-        metavar="URL",
-        required=True,
-        help="postgresql://user:password@host:port/database",
-    )
+    add_valkey_url(p)
+    add_database_url(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--sample",

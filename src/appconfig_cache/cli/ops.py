@@ -16,6 +16,9 @@ from ._common import (
     EXIT_OK,
     CliError,
     add_command,
+    add_command_group,
+    add_database_url,
+    add_valkey_url,
     checked_arg,
     database_error,
     database_url_for,
@@ -99,13 +102,12 @@ def add_parsers(commands: Any) -> None:
     )
     st.set_defaults(handler=_run_stats)
 
-    schema = commands.add_parser(
+    schema_commands = add_command_group(
+        commands,
         "schema",
-        help="manage the database schema",
+        summary="manage the database schema",
         description="Manage the library's tables in PostgreSQL.",
     )
-    schema_commands = schema.add_subparsers(dest="schema_command", metavar="COMMAND")
-    schema_commands.required = True
     create = schema_commands.add_parser(
         "create",
         help="create the tables if they do not exist",
@@ -115,12 +117,7 @@ def add_parsers(commands: Any) -> None:
             "outbox triggers (again: idempotent). Existing tables are left as they are."
         ),
     )
-    create.add_argument(
-        "--database-url",
-        metavar="URL",
-        required=True,
-        help="postgresql://user:password@host:port/database",
-    )
+    add_database_url(create)
     create.set_defaults(handler=_run_schema_create)
 
 
@@ -129,7 +126,7 @@ def _valkey_command(
 ) -> argparse.ArgumentParser:
     """A command that works on the cache's Valkey, given by the required ``--valkey-url``."""
     parser = add_command(commands, name, summary=summary, description=description)
-    parser.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
+    add_valkey_url(parser)
     return parser
 
 

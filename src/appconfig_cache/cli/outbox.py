@@ -13,6 +13,9 @@ from ._common import (
     CliError,
     Progress,
     add_command,
+    add_command_group,
+    add_database_url,
+    add_valkey_url,
     database_error,
     database_url_for,
     describe_url,
@@ -36,21 +39,20 @@ stay (exit status 1).
 
 
 def add_parsers(commands: Any) -> None:
-    outbox = commands.add_parser(
+    outbox_commands = add_command_group(
+        commands,
         "outbox",
-        help="see and drain the invalidation outbox",
+        summary="see and drain the invalidation outbox",
         description="The outbox of durable invalidation (I10) in PostgreSQL.",
     )
-    outbox_commands = outbox.add_subparsers(dest="outbox_command", metavar="COMMAND")
-    outbox_commands.required = True
     drain = add_command(
         outbox_commands,
         "drain",
         summary="replay and delete every outbox row now",
         description=DRAIN_DESCRIPTION,
     )
-    drain.add_argument("--database-url", metavar="URL", required=True, help="the PostgreSQL")
-    drain.add_argument("--valkey-url", metavar="URL", required=True, help="the cache's Valkey")
+    add_database_url(drain, help="the PostgreSQL")
+    add_valkey_url(drain)
     drain.add_argument("--json", action="store_true", help="print the result as JSON")
     drain.set_defaults(handler=_run_drain)
 

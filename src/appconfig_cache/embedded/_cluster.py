@@ -72,14 +72,19 @@ class EmbeddedValkeyCluster(Lifecycle):
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the nodes, form the cluster and wait until it serves every slot."""
+        self._start(self.primaries, timeout)
+
+    def _start(self, node_count: int, timeout: float) -> None:
+        """Start ``node_count`` nodes, :meth:`_form` the cluster and wait until it is ok;
+        on any failure, stop what was started."""
         if self._nodes:
             raise EmbeddedServerError("embedded Valkey cluster is already running")
         deadline = time.monotonic() + timeout
         self._root = Path(tempfile.mkdtemp(prefix="appconfig-cache-cluster-"))
         try:
-            for index in range(self.primaries):
+            for index in range(node_count):
                 self._start_node(index, timeout)
-            self._form()
+            self._form(deadline)
             self.wait_until_ok(max(deadline - time.monotonic(), 1.0))
         except BaseException:
             self.stop()
@@ -115,14 +120,16 @@ class EmbeddedValkeyCluster(Lifecycle):
             return
         raise EmbeddedServerError(f"cluster node {index} failed to start: {error}") from error
 
-    def _form(self) -> None:
+    def _form(self, deadline: float) -> None:
+        """Give the nodes distinct epochs, meet them, and split the slots among the first
+        ``primaries`` nodes (``deadline``, of ``time.monotonic``, is for subclasses)."""
         with admin_clients(self.host, self.ports) as clients:
             try:
                 for epoch, client in enumerate(clients, start=1):
                     client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
                 for node, bus_port in zip(self._nodes[1:], self._bus_ports[1:], strict=True):
                     clients[0].execute_command("CLUSTER", "MEET", self.host, node.port, bus_port)
-                for index, client in enumerate(clients):
+                for index, client in enumerate(clients[: self.primaries]):
                     first, last = self._slot_range(index)
                     client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
             except Exception as exc:

@@ -51,35 +51,11 @@ class EmbeddedValkeyReplicatedCluster(EmbeddedValkeyCluster):
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the nodes, form the cluster, attach the replicas, wait until all is ok."""
-        if self._nodes:
-            raise EmbeddedServerError("embedded Valkey cluster is already running")
-        import tempfile
-        from pathlib import Path
+        self._start(2 * self.primaries, timeout)
 
-        deadline = time.monotonic() + timeout
-        self._root = Path(tempfile.mkdtemp(prefix="appconfig-cache-cluster-"))
-        try:
-            for index in range(2 * self.primaries):
-                self._start_node(index, timeout)
-            self._form()
-            self._attach_replicas(max(deadline - time.monotonic(), 1.0))
-            self.wait_until_ok(max(deadline - time.monotonic(), 1.0))
-        except BaseException:
-            self.stop()
-            raise
-
-    def _form(self) -> None:
-        with admin_clients(self.host, self.ports) as clients:
-            try:
-                for epoch, client in enumerate(clients, start=1):
-                    client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
-                for node, bus_port in zip(self._nodes[1:], self._bus_ports[1:], strict=True):
-                    clients[0].execute_command("CLUSTER", "MEET", self.host, node.port, bus_port)
-                for index, client in enumerate(clients[: self.primaries]):
-                    first, last = self._slot_range(index)
-                    client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            except Exception as exc:
-                raise EmbeddedServerError(f"forming the cluster failed: {exc}") from exc
+    def _form(self, deadline: float) -> None:
+        super()._form(deadline)
+        self._attach_replicas(max(deadline - time.monotonic(), 1.0))
 
     def _attach_replicas(self, timeout: float) -> None:
         """Node ``primaries + i`` replicates node ``i``, once it has learnt that node's id."""

@@ -19,42 +19,32 @@ _FRAGMENT_TARGET = (
     "SELECT DISTINCT CASE WHEN scope_type = 'public' THEN 'name' ELSE scope_type END,"
     " CASE WHEN scope_type = 'public' THEN name ELSE scope_id END FROM {rows}"
 )
+_POLICY_TARGET = "SELECT DISTINCT 'policy', config_name FROM {rows}"
 
-_FRAGMENTS_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION app_config_outbox_fragments() RETURNS trigger
+
+def _transition_function(name: str, target: str) -> str:
+    """A function for the statement triggers of :func:`_statement_triggers`: it writes
+    ``target`` (a ``SELECT`` of ``kind, ident`` from ``{rows}``) of the transition tables."""
+    return f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO app_config_outbox (kind, ident) {_FRAGMENT_TARGET.format(rows="new_rows")};
+        INSERT INTO app_config_outbox (kind, ident) {target.format(rows="new_rows")};
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO app_config_outbox (kind, ident) {_FRAGMENT_TARGET.format(rows="old_rows")};
+        INSERT INTO app_config_outbox (kind, ident) {target.format(rows="old_rows")};
     ELSE
         INSERT INTO app_config_outbox (kind, ident)
-        {_FRAGMENT_TARGET.format(rows="old_rows")}
-        UNION {_FRAGMENT_TARGET.format(rows="new_rows")};
+        {target.format(rows="old_rows")}
+        UNION {target.format(rows="new_rows")};
     END IF;
     RETURN NULL;
 END $$
 """
 
-_POLICIES_FUNCTION = """
-CREATE OR REPLACE FUNCTION app_config_outbox_policies() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO app_config_outbox (kind, ident)
-        SELECT DISTINCT 'policy', config_name FROM new_rows;
-    ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO app_config_outbox (kind, ident)
-        SELECT DISTINCT 'policy', config_name FROM old_rows;
-    ELSE
-        INSERT INTO app_config_outbox (kind, ident)
-        SELECT 'policy', config_name FROM old_rows
-        UNION SELECT 'policy', config_name FROM new_rows;
-    END IF;
-    RETURN NULL;
-END $$
-"""
+
+_FRAGMENTS_FUNCTION = _transition_function("app_config_outbox_fragments", _FRAGMENT_TARGET)
+_POLICIES_FUNCTION = _transition_function("app_config_outbox_policies", _POLICY_TARGET)
 
 _USERS_FUNCTION = """
 CREATE OR REPLACE FUNCTION app_config_outbox_users() RETURNS trigger
