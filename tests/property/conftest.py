@@ -15,6 +15,7 @@ from tests.support.fragments import (
     public_fragment,
     user_fragment,
 )
+from tests.support.outbox import clear_outbox
 from tests.support.scopes import ALL_SCOPES
 from tests.support.valkey import WireRecorder, direct_client
 
@@ -39,6 +40,7 @@ async def harness(engine: AsyncEngine, valkey_url: str) -> AsyncIterator[Isolati
     items.append(user_fragment(writer_uid, THEME, {"initial": True}))
     created = await db_only.admin_bulk_create(items)
     assert not created.failures
+    await clear_outbox(engine)
     recorder = WireRecorder()
     client = recorder.client(valkey_url, timeout=2.0)
     direct = direct_client(valkey_url)

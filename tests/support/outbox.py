@@ -105,6 +105,13 @@ async def outbox_rows(engine: AsyncEngine) -> list[tuple[str, str]]:
         return [(kind, ident) for kind, ident in rows]
 
 
+async def clear_outbox(engine: AsyncEngine) -> None:
+    """Delete every outbox row: set-up data written before any cache exists has nothing
+    to invalidate, and a replayer must not bump it in the middle of a later check."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM app_config_outbox"))
+
+
 async def add_outbox_rows(engine: AsyncEngine, rows: list[tuple[str, str]]) -> None:
     async with engine.begin() as conn:
         await conn.execute(
