@@ -161,6 +161,7 @@ async def test_full_miss_of_a_returning_user_asks_valkey_once(seeded: Seeded, pr
     if process == "same":
         repo = t.repo
     else:  # a process that never read u1: its domain is unknown here
+        t.extra.append(t.cache)  # closed at teardown with the others
         repo, t.cache, t.client, _clock = t.make_repo(local_maxsize=4096 if t.l1 else 0)
     rounds = 2 if process == "fresh, user_domain kept" else 1
     before, _rt, sql, _shape = await measure_answer(

@@ -338,10 +338,10 @@ class IsolationHarness:
     def cache(self, **kwargs: Any) -> AppConfigFragmentCacheSource:
         kwargs.setdefault("timer", FakeClock())
         kwargs.setdefault("local_ttl", LOCAL_TTL)
-        # The properties audit each write's own commands; the outbox replayer has its
-        # own tests (tests/outbox), and a replay of the harness's DB-only set-up writes
-        # would add bumps to an audit.
-        kwargs.setdefault("outbox_grace", 3600.0)
+        # The properties audit each write's own commands and statements; the outbox
+        # replayer has its own tests (tests/outbox), and its polls (and replays of the
+        # harness's DB-only set-up writes) would add to an audit.
+        kwargs.setdefault("outbox_interval", 3600.0)
         return AppConfigFragmentCacheSource(self.client, **kwargs)
 
     def repo(self, cache: AppConfigFragmentCacheSource | None) -> AppConfigFragmentRepository:
