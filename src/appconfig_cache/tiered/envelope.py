@@ -138,22 +138,13 @@ class Candidate(NamedTuple):
 class Parsed(Generic[V]):
     """An envelope's bytes and its parsed view, weighed when first asked (``weights``)."""
 
-    __slots__ = ("_body", "_view_weight", "header", "raw", "value")
+    __slots__ = ("_body", "_view_weight", "raw", "value")
 
-    def __init__(
-        self,
-        raw: bytes,
-        value: V,
-        body: int,
-        view_weight: int | None = None,
-        header: Header | None = None,
-    ) -> None:
+    def __init__(self, raw: bytes, value: V, body: int, view_weight: int | None = None) -> None:
         self.raw = raw
         self.value = value
         self._body = body
         self._view_weight = view_weight
-        #: the header of ``raw``, once a lookup has decoded it (None: not yet)
-        self.header = header
 
     @property
     def view_weight(self) -> int:
@@ -201,33 +192,20 @@ class EnvelopeReader(Generic[V]):
     def candidates(
         self, user_id: UUID, names: list[str], values: list[Any], user_domain: str | None
     ) -> list[Candidate]:
-        """The envelopes whose header names this user, name and (if known) domain.
-
-        Bytes the parse memo holds for ``(user, name)`` were checked before: their
-        header is the memo's, not decoded again.
-        """
-        memo = self._memo
-        uid_text: str | None = None
+        """The envelopes whose header names this user, name and (if known) domain."""
+        uid_text = str(user_id)
         out = []
         for name, raw in zip(names, values, strict=False):
             if raw is None:
                 continue
-            seen = None if memo is None else memo.get((user_id, name))
-            if seen is not None and seen.header is not None and seen.raw == raw:
-                header = seen.header
-            else:
-                try:
-                    header = decode_header(raw)
-                except BadEnvelope as exc:
-                    self._failures.reject("rejected a malformed cache envelope", exc)
-                    continue
-                if uid_text is None:
-                    uid_text = str(user_id)
-                if header.user != uid_text or header.name != name:
-                    self._failures.reject("rejected a foreign cache envelope", ValueError(name))
-                    continue
-                if seen is not None and seen.raw == raw:
-                    seen.header = header
+            try:
+                header = decode_header(raw)
+            except BadEnvelope as exc:
+                self._failures.reject("rejected a malformed cache envelope", exc)
+                continue
+            if header.user != uid_text or header.name != name:
+                self._failures.reject("rejected a foreign cache envelope", ValueError(name))
+                continue
             if user_domain is not None and header.domain != user_domain:
                 self._stats.envelopes_outdated += 1  # the user moved domain
                 continue
@@ -255,7 +233,7 @@ class EnvelopeReader(Generic[V]):
         if self._owner(value) != key:
             self._failures.reject("rejected a foreign cache envelope", ValueError(name))
             return None
-        parsed = Parsed(raw, value, header.body, header=header)
+        parsed = Parsed(raw, value, header.body)
         if memo is not None:
             memo.put(key, parsed)
         return parsed
