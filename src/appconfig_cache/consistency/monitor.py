@@ -1,17 +1,7 @@
-"""Is the cache consistent with PostgreSQL? The monitor and ``appconfig-cache check``.
+"""The consistency monitor: samples what a cache source serves, checks it twice, keeps figures.
 
-After Meta's Polaris: a cached view is *inconsistent* only if it still disagrees
-with the database after the invalidation window, so a write in flight is never
-reported. A check reads what the cache would serve now (the L1 entry, the
-envelope Valkey holds if its generations and server epoch are current) and the
-view through the DB-only path. A mismatch is a *suspect*; after the window it
-is checked again, and it is *confirmed* only if the very same L1 entry (the
-same object) or the very same envelope (the same bytes) is still served and
-still disagrees with the database. Any write's invalidation would have replaced
-it within the window, so concurrent writes never confirm.
-
-Results are reported as nines: ``-log10(confirmed / checked)`` over a sliding
-window of checks (docs/consistency.rst).
+Sampling and scheduling live here; what Valkey would serve now is in ``served.py``, the
+figures and the nines window in ``figures.py`` (the narrative: the package docstring).
 """
 
 from __future__ import annotations
@@ -19,145 +9,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .errors import CacheSettingsError
-from .repositories.app_config_fragment import (
+from ..errors import CacheSettingsError
+from ..repositories.app_config_fragment import (
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
 )
-from .tiered import keys
-from .tiered.broadcast import is_cluster
-from .tiered.commands import server_epoch_of
-from .tiered.envelope import BadEnvelope, decode_header
-from .types import AppConfigData
+from ..types import AppConfigData
+from .figures import MonitorFigures, VerdictWindow, nines
+from .served import same_token, served_envelope
 
-__all__ = ["ConsistencyMonitor", "MonitorFigures", "ServedEnvelope", "nines", "served_envelope"]
-
+# the package's name: the logger docs/consistency.rst tells operators to watch
 _logger = logging.getLogger("appconfig_cache.consistency")
-
-TIERS = ("l1", "l2")
-
-
-# -- what Valkey would serve ---------------------------------------------------------------
-
-
-class ServedEnvelope(NamedTuple):
-    """An envelope a cache source would accept now: its bytes and its view."""
-
-    raw: bytes
-    view: AppConfigData
-
-
-async def served_envelope(client: Any, user_id: UUID, name: str) -> ServedEnvelope | None:
-    """The envelope of ``(user_id, name)`` if a cache source would accept it now, else None.
-
-    Its generations and the server epoch are read from Valkey after it (never from a
-    local reading), so "current" here is at least as strict as on the read path.
-    Valkey errors are raised.
-    """
-    merged, user_gen = keys.merged_key(user_id, name), keys.user_gen_key(user_id)
-    # one slot: the user's keys share the hash tag
-    raw, raw_user_gen, raw_domain = await client.execute_command(
-        "MGET", merged, user_gen, keys.user_domain_key(user_id)
-    )
-    if raw is None:
-        return None
-    try:
-        header = decode_header(raw)
-    except BadEnvelope:
-        return None
-    if header.user != str(user_id) or header.name != name:
-        return None
-    if raw_domain is not None and raw_domain.decode() != header.domain:
-        return None  # the user moved domain: the read path rejects it too
-    shared = [keys.PUBLIC_GEN, keys.name_gen_key(name)]
-    if header.domain != keys.NO_DOMAIN:
-        shared.append(keys.domain_gen_key(header.domain))
-    pipe = client.pipeline(transaction=False)
-    for key in shared:
-        pipe.get(key)
-    values = await pipe.execute()
-    if is_cluster(client):
-        info = await client.info("server", target_nodes=client.PRIMARIES)
-    else:
-        info = await client.info("server")
-    current = [_int(v) for v in values]
-    domain_gen = current[2] if len(current) > 2 else 0
-    expected = [header.gens.public, header.gens.name, header.gens.domain, header.gens.user]
-    if [current[0], current[1], domain_gen, _int(raw_user_gen)] != expected:
-        return None
-    if server_epoch_of(info) != header.epoch:
-        return None
-    try:
-        view = AppConfigData.model_validate_json(raw[header.body :])
-    except ValueError:
-        return None
-    return ServedEnvelope(raw, view)
-
-
-def _int(raw: Any) -> int | None:
-    try:
-        return None if raw is None else int(raw)
-    except (TypeError, ValueError):
-        return None
-
-
-def nines(checked: int, inconsistent: int) -> tuple[float | None, bool]:
-    """``(nines, lower_bound)``: ``-log10(inconsistent / checked)``; with no inconsistency,
-    ``log10(checked)`` as a lower bound (what that many checks can show). None: no checks."""
-    if checked <= 0:
-        return None, False
-    if inconsistent <= 0:
-        return round(math.log10(checked), 3), True
-    return round(-math.log10(min(inconsistent, checked) / checked), 3), False
-
-
-# -- the monitor ---------------------------------------------------------------------------
-
-
-@dataclass
-class MonitorFigures:
-    """What a :class:`ConsistencyMonitor` has found (all counts since it started)."""
-
-    #: views put on the check queue (from L1 hits and from misses)
-    sampled: int = 0
-    #: samples whose verdict is in: consistent + cleared + confirmed
-    checked: int = 0
-    consistent: int = 0
-    #: mismatches that did not persist after the window (a write in flight)
-    cleared: int = 0
-    confirmed: int = 0
-    confirmed_by_tier: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
-    #: samples not judged: valkey (error), db (error), not_cached, dropped (queue full)
-    skipped: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("valkey", "db", "not_cached", "dropped"), 0)
-    )
-    #: DB-only reads the monitor made
-    db_loads: int = 0
-    #: samples waiting for their first or second check
-    pending: int = 0
-    window_seconds: float = 0.0
-    nines_window_seconds: float = 0.0
-    #: checks and confirmed inconsistencies over the last ``nines_window_seconds``
-    window_checked: int = 0
-    window_confirmed: int = 0
-    nines: float | None = None
-    nines_lower_bound: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
 
 
 @dataclass(eq=False, slots=True)
@@ -179,7 +50,7 @@ class ConsistencyMonitor:
     that missed L1 is sampled with the same probability. Each sample is checked
     ``window`` seconds later (default ``local_ttl + timeout + probe_timeout``, the
     longest a served value may lag a write), and a mismatch once more a window
-    after that (see the module docstring). DB reads are rate-limited to
+    after that (see the package docstring). DB reads are rate-limited to
     ``max_db_loads_per_second``; samples past ``max_pending`` are dropped (counted).
 
     ``start()`` runs :meth:`run_once` every ``interval`` seconds in a task;
@@ -227,7 +98,7 @@ class ConsistencyMonitor:
         self._tokens = 1.0
         self._tokens_at = timer()
         self._hits_seen = cache.stats.l1_hits
-        self._verdicts: deque[tuple[float, bool]] = deque()  # (when, inconsistent)
+        self._verdicts = VerdictWindow(nines_window)
         self._logged: OrderedDict[tuple[UUID, str, str], None] = OrderedDict()
         self._figures = MonitorFigures(
             window_seconds=self.window, nines_window_seconds=nines_window
@@ -240,12 +111,7 @@ class ConsistencyMonitor:
     def figures(self) -> MonitorFigures:
         """The figures now (the nines over the sliding window included)."""
         figures = self._figures
-        cutoff = self._timer() - self.nines_window
-        verdicts = self._verdicts
-        while verdicts and verdicts[0][0] < cutoff:
-            verdicts.popleft()
-        figures.window_checked = len(verdicts)
-        figures.window_confirmed = sum(1 for _, bad in verdicts if bad)
+        figures.window_checked, figures.window_confirmed = self._verdicts.counts(self._timer())
         figures.nines, figures.nines_lower_bound = nines(
             figures.window_checked, figures.window_confirmed
         )
@@ -344,7 +210,7 @@ class ConsistencyMonitor:
         if served is None:
             return
         still = served.get(suspect.tier)
-        if still is None or not _same(still[1], suspect.token):
+        if still is None or not same_token(still[1], suspect.token):
             self._figures.cleared += 1  # replaced within the window: a write in flight
             self._verdict(now, consistent=True, cleared=True)
             return
@@ -364,7 +230,7 @@ class ConsistencyMonitor:
         self._figures.checked += 1
         if consistent and not cleared:
             self._figures.consistent += 1
-        self._verdicts.append((now, not consistent))
+        self._verdicts.add(now, inconsistent=not consistent)
 
     def _log_once(self, suspect: _Sample, now: float) -> None:
         key = (suspect.user_id, suspect.name, suspect.tier)
@@ -406,10 +272,3 @@ class ConsistencyMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-
-
-def _same(a: object, b: object) -> bool:
-    """The same L1 entry (identity) or the same envelope (equal bytes)."""
-    if isinstance(a, bytes) and isinstance(b, bytes):
-        return a == b
-    return a is b
