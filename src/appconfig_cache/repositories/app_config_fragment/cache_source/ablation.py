@@ -9,6 +9,7 @@ only how the cache gets it. Unset, nothing here runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from ....errors import CacheSettingsError
@@ -17,6 +18,7 @@ from ....tiered.local import Entry, LocalTier
 from ....types import AppConfigData
 from .generations import FillPlan
 from .lookup import Looked
+from .policy_names import PolicyNames, ViewsReader
 from .read_path import ReadPath
 from .recompose import Recomposer
 from .renewal import Renewal
@@ -31,6 +33,7 @@ MECHANISMS = (
     "renewal_wait",
     "fill_batching",
     "inline_lead",
+    "bootstrap_guess",
 )
 
 
@@ -40,6 +43,15 @@ def ablated() -> frozenset[str]:
     if unknown := names - set(MECHANISMS):
         raise CacheSettingsError(f"{ENV}: unknown mechanisms {sorted(unknown)}; know {MECHANISMS}")
     return names
+
+
+class PolicyNamesWithoutGuess(PolicyNames):
+    """A bootstrap with an expired names list checks the list first, then reads."""
+
+    async def bootstrap(
+        self, loader: Callable[[], Awaitable[list[str]]], read: ViewsReader
+    ) -> list[AppConfigData]:
+        return await read(await self.get(loader))
 
 
 class LocalTierWithoutRenewal(LocalTier[AppConfigData]):

@@ -95,7 +95,7 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
         local, readings, envelopes, fills, stats,
         local_ttl=s.local_ttl, max_value_bytes=s.max_value_bytes,
     )  # fmt: skip
-    policy_names = PolicyNames(
+    policy_names = (ablation.PolicyNamesWithoutGuess if "bootstrap_guess" in off else PolicyNames)(
         local, readings, commands, bumps, fills, stats, failures,
         local_ttl=s.local_ttl, timer=timer,
     )  # fmt: skip
