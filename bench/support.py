@@ -358,7 +358,8 @@ def cold_batches(
     bench: BenchSession, cache: AppConfigFragmentCacheSource, users: list[UUID], size: int
 ) -> tuple[list[UUID], Callable[[], None]]:
     """``(batch, setup)``: each ``setup()`` (untimed, before a round) refills ``batch`` with
-    the next ``size`` of ``users`` (cycling) and invalidates their user scope in ``cache``."""
+    the next ``size`` of ``users`` (cycling) and invalidates their user scope in ``cache``,
+    after the background work of the round before has finished."""
     cycle = itertools.cycle(range(0, len(users), size))
     batch: list[UUID] = []
 
@@ -367,6 +368,7 @@ def cold_batches(
         batch[:] = users[start : start + size]
 
         async def invalidate() -> None:
+            await cache.drain()
             for uid in batch:
                 await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
 

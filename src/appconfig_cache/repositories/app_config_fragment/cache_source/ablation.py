@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from ....errors import CacheSettingsError
-from ....tiered.fills import FillQueue
+from ....tiered.fills import FillQueue, MakeSets
 from ....tiered.local import Entry, LocalTier
 from ....types import AppConfigData
 from .generations import FillPlan
@@ -96,8 +96,11 @@ class RecomposerWithout(Recomposer):
 class UnbatchedFills(FillQueue):
     """Each store writes its own envelopes, in its own task and round trip."""
 
-    def add(self, sets: list[tuple[str, bytes]]) -> None:
-        self.background.spawn(self._write(sets))
+    def add(self, make: MakeSets, count: int) -> None:
+        self.background.spawn(self._write_one(make))
+
+    async def _write_one(self, make: MakeSets) -> None:
+        await self._write(self._make(make))
 
 
 class ReadPathLeadingInTasks(ReadPath):

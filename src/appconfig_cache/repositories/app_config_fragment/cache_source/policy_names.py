@@ -129,7 +129,7 @@ class PolicyNames:
             self.stats.db_loads += 1
             if gen is not None and server is not None:  # off the caller's latency
                 payload = json.dumps({"g": gen, "e": server, "names": names}).encode()
-                self.fills.add([(keys.POLICY_NAMES, payload)])
+                self.fills.add(lambda: [(keys.POLICY_NAMES, payload)], 1)
         if self._changed_at <= version:
             self._copy = _Copy(names, version, now + self.local_ttl, gen, server)
             if gen is not None and keys.POLICIES_GEN not in self.riders:

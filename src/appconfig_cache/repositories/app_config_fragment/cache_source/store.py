@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import KW_ONLY, dataclass
+from typing import NamedTuple
 from uuid import UUID
 
 from ....tiered import keys
 from ....tiered.envelope import EnvelopeReader, Parsed, encode_envelope
-from ....tiered.fills import FillQueue
+from ....tiered.fills import FillQueue, Sets
 from ....tiered.local import Basis, LocalTier
 from ....tiered.readings import Readings
 from ....tiered.stats import CacheStats
@@ -67,11 +68,15 @@ class Store:
         """Views of a DB load, which also told the user's domain."""
         domain = loaded.domain or keys.NO_DOMAIN
         self.local.domains[user_id] = domain
-        sets = self._put(user_id, names, loaded, domain, plan, version, started)
-        if plan is not None and plan.user_domain != domain:
-            sets.append((keys.user_domain_key(user_id), domain.encode()))
-        if sets:
-            self.fills.add(sets)
+        unsent = self._put(user_id, names, loaded, domain, plan, version, started)
+        domain_set = (
+            [(keys.user_domain_key(user_id), domain.encode())]
+            if plan is not None and plan.user_domain != domain
+            else []
+        )
+        if unsent or domain_set:
+            self.fills.add(lambda: self._envelopes(user_id, domain, unsent) + domain_set,
+                           len(unsent) + len(domain_set))  # fmt: skip
 
     def put_computed(
         self,
@@ -91,9 +96,9 @@ class Store:
         loaded = LoadedViews(
             domain=domain, views=dict(views), with_policy=frozenset(views), chains=dict(chains)
         )
-        sets = self._put(user_id, list(views), loaded, domain, plan, version, started)
-        if sets:
-            self.fills.add(sets)
+        unsent = self._put(user_id, list(views), loaded, domain, plan, version, started)
+        if unsent and domain is not None:
+            self.fills.add(lambda: self._envelopes(user_id, domain, unsent), len(unsent))
 
     def _put(
         self,
@@ -104,14 +109,15 @@ class Store:
         plan: FillPlan | None,
         version: int,
         started: float,
-    ) -> list[tuple[str, bytes]]:
-        """Put each view with a policy in L1; return the envelopes to write."""
+    ) -> list[_Unsent]:
+        """Put each view with a policy in L1; return those whose envelopes are to be
+        written (made later, by the fill task)."""
         expires = started + self.local_ttl
         request = self.readings.next_request()
         # the plan's generations fit only views of the domain it was read for
         fitting = None if plan is None or domain is None else plan.under(domain)
         server = None if fitting is None else fitting.epoch
-        sets: list[tuple[str, bytes]] = []
+        unsent: list[_Unsent] = []
         for name in names:
             if name not in loaded.with_policy:
                 continue  # never cache a name without a policy
@@ -134,12 +140,32 @@ class Store:
             if basis is None or domain is None:
                 self.stats.fills_skipped += 1
                 continue
+            unsent.append(_Unsent(name, view, data_json, basis, user_scope, weight))
+        return unsent
+
+    def _envelopes(self, user_id: UUID, domain: str, unsent: list[_Unsent]) -> Sets:
+        """The envelopes of views put in L1 (called by the fill task), each remembered
+        by the parse memo: their bytes will come back."""
+        sets: Sets = []
+        for item in unsent:
             envelope = encode_envelope(
-                user_id, name, domain, basis.gens, basis.server, data_json, user_scope
-            )
-            sets.append((keys.merged_key(user_id, name), envelope))
-            self.envelopes.remember(user_id, name, envelope, view, weight)
+                user_id, item.name, domain, item.basis.gens, item.basis.server, item.data_json,
+                item.user_scope,
+            )  # fmt: skip
+            sets.append((keys.merged_key(user_id, item.name), envelope))
+            self.envelopes.remember(user_id, item.name, envelope, item.view, item.weight)
         return sets
+
+
+class _Unsent(NamedTuple):
+    """A view put in L1 whose envelope is still to be made and written."""
+
+    name: str
+    view: AppConfigData
+    data_json: bytes
+    basis: Basis
+    user_scope: bool | None
+    weight: int
 
 
 def _has_user_scope(chain: Collection[AppConfigScopeType] | None) -> bool | None:
