@@ -9,6 +9,7 @@ with ``loop.run_until_complete``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import platform
 import random
@@ -135,6 +136,18 @@ def bench(
         run(close())
         if valkey_server is not None:
             valkey_server.stop()
+
+
+@pytest.fixture(autouse=True)
+def close_caches(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each benchmark, close the cache sources it made and free what they held: a
+    cache left alive would keep its L1 in the heap, and every later benchmark's garbage
+    collections would walk it."""
+    yield
+    session = request.config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        session.loop.run_until_complete(session.aclose_caches())
+        gc.collect()
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ class BenchSession:
         return self.fresh_pool[start : self._fresh_next]
 
     def cache(self, **kwargs: Any) -> AppConfigFragmentCacheSource:
-        """A new cache source on the shared client; closed at the end of the session."""
+        """A new cache source on the shared client; closed after the test (conftest)."""
         cache = AppConfigFragmentCacheSource(self.client, **kwargs)
         self._caches.append(cache)
         return cache

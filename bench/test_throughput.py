@@ -12,8 +12,12 @@ envelopes (the steady state of a server that has run longer than a few seconds).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from tests.support.stats import stats_change, stats_snapshot
@@ -58,6 +62,28 @@ async def _serve(repo, requests: list[tuple[object, bool]], counter: dict) -> No
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
+@contextmanager
+def _gc_pauses(info: dict) -> Iterator[None]:
+    """Record the full (generation 2) garbage collections while timing: their number and
+    the longest, in ``info`` (a large L1 is many objects for each of them to walk)."""
+    pauses: list[float] = []
+    started = [0.0]
+
+    def watch(phase: str, detail: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif detail["generation"] == 2:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(watch)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(watch)
+        info["gc_full_collections"] = len(pauses)
+        info["gc_full_max_ms"] = round(max(pauses, default=0.0) * 1000, 1)
+
+
 def _throughput(benchmark, bench: BenchSession, key: str, cache_kwargs: dict | None) -> None:
     count = scaled(benchmark, 3000, 200)
     rounds = scaled(benchmark, 3, 1)
@@ -87,22 +113,25 @@ def _throughput(benchmark, bench: BenchSession, key: str, cache_kwargs: dict | N
         await drain(cache)
 
     before = stats_snapshot(cache) if cache is not None else None
-    measure(
-        benchmark,
-        bench,
-        key,
-        body,
-        ops=count,
-        rounds=rounds,
-        warmup_rounds=0,
-        setup=setup,
-        concurrency=CONCURRENCY,
-        zipf_s=ZIPF_S,
-        users=len(bench.work_users),
-        write_share=WRITE_SHARE,
-    )
+    with _gc_pauses(benchmark.extra_info):
+        measure(
+            benchmark,
+            bench,
+            key,
+            body,
+            ops=count,
+            rounds=rounds,
+            warmup_rounds=0,
+            setup=setup,
+            concurrency=CONCURRENCY,
+            zipf_s=ZIPF_S,
+            users=len(bench.work_users),
+            write_share=WRITE_SHARE,
+        )
     benchmark.extra_info["writes_last_round"] = counter["writes"]
     if cache is not None:
+        benchmark.extra_info["l1_entries"] = cache.local_size()
+        benchmark.extra_info["l1_bytes"] = cache.stats.l1_bytes
         benchmark.extra_info["stats"] = stats_change(
             before,
             cache.stats,
@@ -128,3 +157,20 @@ def test_throughput_valkey_only(benchmark, bench: BenchSession) -> None:
 
 def test_throughput_l1_valkey(benchmark, bench: BenchSession) -> None:
     _throughput(benchmark, bench, "throughput.l1_valkey", {})
+
+
+@pytest.mark.parametrize(
+    ("maxsize", "maxbytes_mib"),
+    [(4096, 64), (8192, 128), (8192, 192)],
+    ids=["4096-64MiB", "8192-128MiB", "8192-192MiB"],
+)
+def test_throughput_l1_size(
+    benchmark, bench: BenchSession, maxsize: int, maxbytes_mib: int
+) -> None:
+    """L1 + Valkey with other L1 bounds than the defaults (8,192 entries, 160 MiB): the
+    earlier defaults, and either side of the byte budget (docs/deployment.rst, *The L1
+    defaults*)."""
+    key = f"throughput.l1_size.{maxsize}.{maxbytes_mib}"
+    _throughput(
+        benchmark, bench, key, {"local_maxsize": maxsize, "local_maxbytes": maxbytes_mib << 20}
+    )

@@ -30,8 +30,8 @@ DEMO_SCHEMA = "appconfig_cache_demo"
 
 DEFAULTS = {"domains": 5, "users": 3000, "requests": 12000}
 QUICK = {"domains": 3, "users": 400, "requests": 1500}
-#: L1's byte budget per entry of --local-maxsize (64 MiB, the default, at 4,096 entries)
-DEMO_BYTES_PER_ENTRY = 16 * 1024
+#: L1's byte budget per entry of --local-maxsize (the defaults' ratio: 160 MiB at 8,192)
+DEMO_BYTES_PER_ENTRY = 20 * 1024
 
 
 class _Say:
@@ -79,7 +79,7 @@ class DemoSession:
             local = 0 if mode == "valkey_only" else args.local_maxsize
             cache = AppConfigFragmentCacheSource(
                 client, local_maxsize=local, local_ttl=args.local_ttl, timer=clock,
-                # the byte budget grows with the count: the library's default at 4,096
+                # the byte budget grows with the count: the library's default at 8,192
                 local_maxbytes=local * DEMO_BYTES_PER_ENTRY,
             )  # fmt: skip
         monitor = None

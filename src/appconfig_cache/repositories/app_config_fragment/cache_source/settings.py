@@ -20,7 +20,7 @@ class CacheSettings:
 
     ttl: int = 600
     local_ttl: float = 2.0
-    local_maxsize: int = 4096
+    local_maxsize: int = 8192
     timeout: float = 0.5
     probe_timeout: float = 2.0
     max_value_bytes: int = 512 * 1024
@@ -33,7 +33,7 @@ class CacheSettings:
     wait_replicas: int = 0
     wait_timeout: float = 0.1
     broadcast: bool = False
-    local_maxbytes: int = 64 * 1024 * 1024
+    local_maxbytes: int = 160 * 1024 * 1024
     parse_memo_maxbytes: int = 16 * 1024 * 1024
     timer: Callable[[], float] = field(default=time.monotonic)
     # durable invalidation (I10)
