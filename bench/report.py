@@ -66,6 +66,12 @@ LATENCY_ROWS: list[tuple[str, str, list[tuple[str, str]]]] = [
                 "full miss, new user, 20 back to back, fills drained in the round",
             ),
             ("ours.db_only.back_to_back", "DB-only repository, 20 back to back"),
+            ("bootstrap.cold.my", "cold ``my_app_configs`` (8 documents), one bootstrap"),
+            ("bootstrap.db_only.my", "DB-only ``my_app_configs``, one bootstrap"),
+            (
+                "bootstrap.cold.my.with_fill",
+                "cold ``my_app_configs``, 10 back to back, fills drained in the round",
+            ),
         ],
     ),
     (
@@ -341,6 +347,8 @@ def latency_section(run: Run) -> str:
         "ours.miss_returning.with_fill": "ours.db_only.back_to_back",
         "ours.miss_new_user.with_fill": "ours.db_only.back_to_back",
         "ours.db_only.back_to_back": "floor.sql_sqlalchemy",
+        "bootstrap.cold.my": "bootstrap.db_only.my",
+        "bootstrap.cold.my.with_fill": "bootstrap.db_only.my",
         "floor.ttlcache_awaited": "floor.ttlcache",
         "floor.sql_asyncpg": "floor.sql_sqlalchemy",
         "legacy.hit": "floor.valkey_get",
@@ -433,7 +441,10 @@ def throughput_section(run: Run) -> str:
     for key, label in (
         ("throughput.db_only", "DB only"),
         ("throughput.valkey_only", "Valkey only (``local_maxsize=0``)"),
-        ("throughput.l1_valkey", "L1 + Valkey"),
+        ("throughput.l1_valkey", "L1 + Valkey (defaults: 8,192 entries, 160 MiB)"),
+        ("throughput.l1_size.4096.64", "L1 + Valkey, 4,096 entries, 64 MiB (earlier defaults)"),
+        ("throughput.l1_size.8192.128", "L1 + Valkey, 8,192 entries, 128 MiB"),
+        ("throughput.l1_size.8192.192", "L1 + Valkey, 8,192 entries, 192 MiB"),
     ):
         if not run.has(key):
             continue
@@ -455,6 +466,7 @@ def throughput_section(run: Run) -> str:
                 fmt_ratio(ratio(run.rate(key), db)),
                 str(run.info(key).get("ops_per_round", "")),
                 hits,
+                _gc_cell(run.info(key)),
             ]
         )
     if not rows:
@@ -466,9 +478,16 @@ def throughput_section(run: Run) -> str:
             "vs. DB only",
             "requests/round",
             "cache counters (all rounds)",
+            "full GCs while timing (longest)",
         ],
         rows,
     )
+
+
+def _gc_cell(info: dict[str, Any]) -> str:
+    if "gc_full_collections" not in info:
+        return ""
+    return f"{info['gc_full_collections']} ({info['gc_full_max_ms']:.0f} ms)"
 
 
 def stampede_section(run: Run) -> str:

@@ -26,10 +26,11 @@ def tier(clock: FakeClock, *, maxsize: int = 100, maxbytes: int = BUDGET) -> Loc
 
 
 def put(local: LocalTier[str], user: object, name: str, weight: int, clock: FakeClock) -> bool:
-    return local.put(
+    entry = local.put(
         user,  # type: ignore[arg-type]
         name, f"view {name}", "d", local.version, clock() + TTL, weight=weight,
     )  # fmt: skip
+    return entry is not None
 
 
 def test_json_weight_counts_length_and_values() -> None:
@@ -38,6 +39,32 @@ def test_json_weight_counts_length_and_values() -> None:
     # from an offset: only the view after an envelope's header is weighed
     envelope = b'{"v":1,"g":[1,2,3,4]}\n' + doc
     assert json_weight(envelope, envelope.index(b"\n") + 1) == json_weight(doc)
+
+
+def test_reweigh_accounts_the_weight_made_later() -> None:
+    """An entry stored with an estimate gets its weight later (the fill task weighs the
+    views a DB load put in L1): the account follows, a too heavy one goes, and an entry
+    that replaced it in the meantime is left alone."""
+    clock = FakeClock()
+    local = tier(clock)
+    a, b, c = uuid4(), uuid4(), uuid4()
+    entry_a = local.put(a, "theme", "view a", "d", local.version, clock() + TTL, weight=10)
+    entry_b = local.put(b, "theme", "view b", "d", local.version, clock() + TTL, weight=10)
+    assert entry_a is not None and entry_b is not None
+    assert local.usage().weight == 20
+    local.reweigh(a, "theme", entry_a, 100)
+    assert local.usage().weight == 110 and local.get(a, "theme") == "view a"
+    local.reweigh(b, "theme", entry_b, 126)  # over an eighth of the budget: dropped
+    assert local.get(b, "theme") is MISS
+    assert local.usage() == Usage(weight=100, refused=1, evicted_for_weight=0)
+    assert put(local, c, "theme", 10, clock)
+    stale = local.put(c, "menu", "old", "d", local.version, clock() + TTL, weight=10)
+    assert stale is not None
+    assert put(local, c, "menu", 20, clock)  # a newer entry under the same key
+    local.reweigh(c, "menu", stale, None)  # the old one's verdict does not touch it
+    assert local.get(c, "menu") == "view menu" and local.usage().weight == 130
+    local.reweigh(c, "theme", local.peek(c, "theme"), None)  # type: ignore[arg-type]
+    assert local.get(c, "theme") is MISS and local.usage().weight == 120
 
 
 def test_eviction_by_weight_keeps_lru_order() -> None:

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 from appconfig_cache import (
     AppConfigData,
 )
+from appconfig_cache.tiered.weights import UNWEIGHED, json_weight
 from tests.support.data import add_policy, add_users
 from tests.support.fragments import fragment_input, user_fragment
 from tests.support.internals import l1_entries
@@ -183,6 +184,27 @@ async def test_l1_weight_stays_under_local_maxbytes(l1: Tiers) -> None:
     assert await repo.app_config(users[-1], "big") == await t.db.app_config(users[-1], "big")
     assert cache.stats.l1_hits == hits + 1
     await cache.drain()
+
+
+async def test_a_loaded_view_is_in_l1_at_once_and_weighed_off_the_callers_latency(
+    l1: Tiers,
+) -> None:
+    """A DB load puts its view in L1 before the read returns, with an estimate; the fill
+    task makes its JSON, weighs it and writes the envelope."""
+    t = l1
+    (uid,) = await _users_with_large_views(t, 1, items=200)
+    repo, cache, _client, _clock = t.make_repo()
+    expected = await t.db.app_config(uid, "big")
+    for _ in range(2):  # the first read learns the user's domain; the second fills
+        assert await repo.app_config(uid, "big") == expected
+        assert cache.stats.l1_bytes == UNWEIGHED  # not weighed yet: no JSON made
+        hits = cache.stats.l1_hits
+        assert await repo.app_config(uid, "big") == expected  # at once an L1 hit
+        assert cache.stats.l1_hits == hits + 1
+        await cache.drain()
+        assert cache.stats.l1_bytes == json_weight(expected.model_dump_json().encode())
+        await cache.invalidate_for_scope(USER, str(uid))
+    assert await t.valkey.exists(f"app_config:merged:{{{uid}}}:big") == 1
 
 
 async def test_a_view_heavier_than_an_eighth_of_l1_is_served_not_kept(l1: Tiers) -> None:

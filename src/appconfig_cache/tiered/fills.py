@@ -46,7 +46,8 @@ class FillQueue:
     def add(self, make: MakeSets, count: int) -> None:
         """Queue the ``count`` sets ``make()`` returns; the fill task calls it."""
         if self._queued >= _FILL_QUEUE_MAX:
-            self.stats.fills_skipped += count
+            # too much waits: make them now (the maker also weighs L1 entries), send none
+            self.stats.fills_skipped += len(self._make(make))
             return
         self._queue.append((make, count))
         self._queued += count

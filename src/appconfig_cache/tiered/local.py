@@ -252,9 +252,10 @@ class LocalTier(Generic[V]):
         request: int = 0,
         user_scope: bool | None = None,
         weight: int,
-    ) -> bool:
+    ) -> Entry[V] | None:
         """Store unless an invalidation since ``version`` concerns it, it would expire at
         once, or it is too heavy (``weight``: its estimated memory, see ``weights``).
+        Returns the entry stored (None: nothing was).
 
         ``basis``: the generations and server epoch the value was computed under,
         which let the entry be renewed; ``None``: it expires at ``expires``.
@@ -262,19 +263,29 @@ class LocalTier(Generic[V]):
         the user scope. With both, a shared write recomposes the entry.
         """
         if self._entries is None or self.stale_since(version, user_id, name, domain):
-            return False
+            return None
         now = self.timer()
         if expires <= now:
-            return False
+            return None
         hard = now + self.max_life
         expires = min(expires, hard)
-        return self._entries.put(
-            (user_id, name),
-            Entry(
-                value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope,
-                weight,
-            ),
+        entry = Entry(
+            value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope,
+            weight,
         )  # fmt: skip
+        return entry if self._entries.put((user_id, name), entry) else None
+
+    def reweigh(self, user_id: UUID, name: str, entry: Entry[V], weight: int | None) -> None:
+        """Give ``entry``, stored with an estimate, its weight; ``None``: drop it (its
+        value is not to be kept). Nothing happens if the key holds another entry now."""
+        entries, key = self._entries, (user_id, name)
+        if entries is None or key not in entries or Cache.__getitem__(entries, key) is not entry:
+            return
+        if weight is None:
+            del entries[key]
+            return
+        entry.weight = weight
+        entries.put(key, entry)  # re-accounted, or dropped if too heavy
 
     def __len__(self) -> int:
         return 0 if self._entries is None else len(self._entries)

@@ -27,6 +27,9 @@ PER_VALUE: Final = 128
 PER_ENTRY: Final = 512
 #: a value heavier than budget / HEAVY_SHARE is served, never kept
 HEAVY_SHARE: Final = 8
+#: the weight of an entry stored before its JSON is made: off the caller's latency, the
+#: fill task weighs it (``LocalTier.reweigh``) within the same loop iteration or the next
+UNWEIGHED: Final = PER_ENTRY
 
 
 def json_weight(data: bytes, start: int = 0) -> int:
