@@ -110,17 +110,8 @@ def bench(
         return population, {"postgresql": str(pg), server: str(valkey)}
 
     population, versions = run(prepare())
-    session = BenchSession(
-        loop=loop,
-        valkey_url=valkey_url,
-        database_url=database_url,
-        engine=engine,
-        client=client,
-        hot_users=population["hot"],
-        work_users=population["work"],
-        fresh_pool=population["fresh"],
-        domain_of=population["domain_of"],
-        server_versions=versions,
+    session = BenchSession.seeded(
+        loop, valkey_url, database_url, engine, client, population, server_versions=versions
     )
     request.config.stash[_SESSION_KEY] = session
     try:

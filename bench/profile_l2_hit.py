@@ -13,23 +13,13 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import pstats
-import random
 import sys
 from pathlib import Path
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appconfig_cache import (
-    AppConfigFragmentCacheSource,
-    AppConfigFragmentRepository,
-    create_schema,
-    make_valkey_client,
-)
-from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres
-from bench.support import NAME, BenchSession, seed, warm_valkey
+from appconfig_cache import AppConfigFragmentCacheSource, AppConfigFragmentRepository
+from bench.support import NAME, profiling_session, warm_valkey
 
 #: our coroutine functions: cProfile counts each resumption of a coroutine as a call
 COROUTINES = frozenset(
@@ -38,57 +28,26 @@ COROUTINES = frozenset(
 
 
 async def profile(hits: int) -> pstats.Stats:
-    server = EmbeddedValkey()
-    server.start()
-    try:
-        async with embedded_postgres() as url:
-            engine = create_async_engine(url, pool_size=4)
-            client = make_valkey_client(server.url, max_connections=8)
-            async with engine.begin() as conn:
-                await conn.execute(
-                    sa.text(
-                        "DROP TABLE IF EXISTS users, app_config_policies, "
-                        "app_config_fragments CASCADE"
-                    )
-                )
-            await create_schema(engine)
-            population = await seed(engine, random.Random(1052))
-            async with engine.begin() as conn:  # the seed's rows: no cache holds their views
-                await conn.execute(sa.text("DELETE FROM app_config_outbox"))
-            bench = BenchSession(
-                loop=asyncio.get_running_loop(),
-                valkey_url=server.url,
-                database_url=url,
-                engine=engine,
-                client=client,
-                hot_users=population["hot"],
-                work_users=population["work"],
-                fresh_pool=population["fresh"],
-                domain_of=population["domain_of"],
-            )
-            users = bench.hot_users
-            await warm_valkey(bench, users, [NAME])
-            # local_ttl long enough that no generation falls due during the run
-            cache = AppConfigFragmentCacheSource(client, local_maxsize=0, local_ttl=600.0)
-            repo = AppConfigFragmentRepository(engine, cache_source=cache)
-            for _ in range(2):
-                for uid in users:
-                    await repo.app_config(uid, NAME)
-            await cache.drain()
-            before = cache.stats.l2_hits
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for i in range(hits):
-                await repo.app_config(users[i % len(users)], NAME)
-            profiler.disable()
-            if cache.stats.l2_hits - before != hits:
-                raise RuntimeError(f"not every read was an L2 hit: {cache.stats}")
-            await cache.aclose()
-            await client.aclose()
-            await engine.dispose()
-            return pstats.Stats(profiler)
-    finally:
-        server.stop()
+    async with profiling_session() as bench:
+        users = bench.hot_users
+        await warm_valkey(bench, users, [NAME])
+        # local_ttl long enough that no generation falls due during the run
+        cache = AppConfigFragmentCacheSource(bench.client, local_maxsize=0, local_ttl=600.0)
+        repo = AppConfigFragmentRepository(bench.engine, cache_source=cache)
+        for _ in range(2):
+            for uid in users:
+                await repo.app_config(uid, NAME)
+        await cache.drain()
+        before = cache.stats.l2_hits
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in range(hits):
+            await repo.app_config(users[i % len(users)], NAME)
+        profiler.disable()
+        if cache.stats.l2_hits - before != hits:
+            raise RuntimeError(f"not every read was an L2 hit: {cache.stats}")
+        await cache.aclose()
+        return pstats.Stats(profiler)
 
 
 def report(stats: pstats.Stats, hits: int) -> None:

@@ -14,7 +14,6 @@ layers, so the machine's drift touches them alike.
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import sys
 import time
@@ -24,59 +23,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from appconfig_cache import (
-    AppConfigFragmentCacheSource,
-    AppConfigFragmentRepository,
-    create_schema,
-    make_valkey_client,
-)
-from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres
+from appconfig_cache import AppConfigFragmentCacheSource, AppConfigFragmentRepository
 from appconfig_cache.repositories.app_config_fragment.cache_source.generations import (
     shared_gen_keys,
 )
 from appconfig_cache.tiered import keys
 from appconfig_cache.tiered.envelope import Candidate, decode_header
-from bench.support import NAME, seed
+from bench.support import NAME, profiling_session
 
 PER_ROUND = 400
 
 
 async def run(rounds: int) -> None:
-    server = EmbeddedValkey()
-    server.start()
-    try:
-        async with embedded_postgres() as url:
-            engine = create_async_engine(url, pool_size=4)
-            client = make_valkey_client(server.url, max_connections=8)
-            await create_schema(engine)
-            users = (await seed(engine, random.Random(1052)))["hot"]
-            async with engine.begin() as conn:  # the seed's rows: no cache holds their views
-                await conn.execute(sa.text("DELETE FROM app_config_outbox"))
-            warm = AppConfigFragmentRepository(
-                engine, cache_source=AppConfigFragmentCacheSource(client, local_maxsize=0)
-            )
-            for _ in range(2):  # the second read of a user fills Valkey
-                for uid in users:
-                    await warm.app_config(uid, NAME)
-            await warm.cache_source.drain()  # type: ignore[union-attr]
-            cache = AppConfigFragmentCacheSource(
-                client, local_maxsize=0, local_ttl=600.0, outbox_interval=3600
-            )
-            repo = AppConfigFragmentRepository(engine, cache_source=cache)
+    async with profiling_session() as bench:
+        client, engine, users = bench.client, bench.engine, bench.hot_users
+        warm = AppConfigFragmentCacheSource(client, local_maxsize=0)
+        warm_repo = AppConfigFragmentRepository(engine, cache_source=warm)
+        for _ in range(2):  # the second read of a user fills Valkey
             for uid in users:
-                await repo.app_config(uid, NAME)
-            await cache.drain()
-            await _layers(client, cache, repo, users, rounds)
-            await _pieces(client, cache, users[0])
-            await warm.cache_source.aclose()  # type: ignore[union-attr]
-            await cache.aclose()
-            await client.aclose()
-            await engine.dispose()
-    finally:
-        server.stop()
+                await warm_repo.app_config(uid, NAME)
+        await warm.aclose()
+        cache = AppConfigFragmentCacheSource(
+            client, local_maxsize=0, local_ttl=600.0, outbox_interval=3600
+        )
+        repo = AppConfigFragmentRepository(engine, cache_source=cache)
+        for uid in users:
+            await repo.app_config(uid, NAME)
+        await cache.drain()
+        await _layers(client, cache, repo, users, rounds)
+        await _pieces(client, cache, users[0])
+        await cache.aclose()
 
 
 async def _layers(client, cache, repo, users, rounds: int) -> None:

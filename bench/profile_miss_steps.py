@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import statistics
 import sys
 import time
@@ -24,23 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from appconfig_cache import (
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
     AppConfigScopeType,
-    create_schema,
-    make_valkey_client,
 )
-from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres
 from appconfig_cache.repositories.app_config_fragment.cache_source.lookup import Lookup
 from appconfig_cache.repositories.app_config_fragment.cache_source.store import Store
 from appconfig_cache.repositories.app_config_fragment.db_source import (
     AppConfigFragmentDBSource,
 )
-from bench.support import NAME, seed
+from bench.support import NAME, profiling_session
 
 USERS = 400
 steps: dict[str, list[float]] = defaultdict(list)
@@ -80,48 +73,36 @@ async def run(rounds: int) -> None:
     _timed(Lookup, "plan", "plan")
     _timed(AppConfigFragmentDBSource, "load_views", "load")
     _timed(Store, "put_loaded", "put_loaded")
-    server = EmbeddedValkey()
-    server.start()
-    try:
-        async with embedded_postgres() as url:
-            engine = create_async_engine(url, pool_size=4)
-            client = make_valkey_client(server.url, max_connections=8)
-            await create_schema(engine)
-            users = (await seed(engine, random.Random(1052)))["work"][:USERS]
-            async with engine.begin() as conn:  # the seed's rows: no cache holds their views
-                await conn.execute(sa.text("DELETE FROM app_config_outbox"))
-            cache = AppConfigFragmentCacheSource(client, outbox_interval=3600)
-            repo = AppConfigFragmentRepository(engine, cache_source=cache)
-            db_only = AppConfigFragmentRepository(engine)
-            for _ in range(2):  # the second read of a user fills Valkey
+    async with profiling_session() as bench:
+        users = bench.work_users[:USERS]
+        cache = AppConfigFragmentCacheSource(bench.client, outbox_interval=3600)
+        repo = AppConfigFragmentRepository(bench.engine, cache_source=cache)
+        db_only = AppConfigFragmentRepository(bench.engine)
+        for _ in range(2):  # the second read of a user fills Valkey
+            for uid in users:
+                await repo.app_config(uid, NAME)
+                await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
+        await cache.drain()
+        print("round   DB-only   miss   miss/DB | DB load: DB-only  miss | find  plan  put")
+        for number in range(1, rounds + 1):
+            latency: dict[str, list[float]] = defaultdict(list)
+            loads: dict[str, list[float]] = {}
+            for mode in ("db_only", "miss"):
+                steps.clear()
                 for uid in users:
-                    await repo.app_config(uid, NAME)
                     await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-            await cache.drain()
-            print("round   DB-only   miss   miss/DB | DB load: DB-only  miss | find  plan  put")
-            for number in range(1, rounds + 1):
-                latency: dict[str, list[float]] = defaultdict(list)
-                loads: dict[str, list[float]] = {}
-                for mode in ("db_only", "miss"):
-                    steps.clear()
-                    for uid in users:
-                        await cache.invalidate_for_scope(AppConfigScopeType.USER, str(uid))
-                        await cache.drain()
-                        started = time.perf_counter()
-                        await (db_only if mode == "db_only" else repo).app_config(uid, NAME)
-                        latency[mode].append(time.perf_counter() - started)
-                    loads[mode] = list(steps["load"])
-                db, miss = (statistics.median(latency[m]) for m in ("db_only", "miss"))
-                print(
-                    f"{number:5d}  {db * 1e6:7.0f} {miss * 1e6:7.0f}   {miss / db:5.2f}x |"
-                    f"        {_us(loads['db_only'])} {_us(loads['miss'])} |"
-                    f" {_us(steps['find'])} {_us(steps['plan'])} {_us(steps['put_loaded'])}"
-                )
-            await cache.aclose()
-            await client.aclose()
-            await engine.dispose()
-    finally:
-        server.stop()
+                    await cache.drain()
+                    started = time.perf_counter()
+                    await (db_only if mode == "db_only" else repo).app_config(uid, NAME)
+                    latency[mode].append(time.perf_counter() - started)
+                loads[mode] = list(steps["load"])
+            db, miss = (statistics.median(latency[m]) for m in ("db_only", "miss"))
+            print(
+                f"{number:5d}  {db * 1e6:7.0f} {miss * 1e6:7.0f}   {miss / db:5.2f}x |"
+                f"        {_us(loads['db_only'])} {_us(loads['miss'])} |"
+                f" {_us(steps['find'])} {_us(steps['plan'])} {_us(steps['put_loaded'])}"
+            )
+        await cache.aclose()
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ import asyncio
 import itertools
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
@@ -21,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tests.support.data import truncate_tables
 from tests.support.internals import merged_view_statement
 from tests.support.sql import count_sql
@@ -31,7 +32,10 @@ from appconfig_cache import (
     AppConfigFragmentCacheSource,
     AppConfigFragmentRepository,
     AppConfigScopeType,
+    create_schema,
+    make_valkey_client,
 )
+from appconfig_cache.embedded import EmbeddedValkey, embedded_postgres
 from appconfig_cache.models import fragments, policies, users
 
 S = AppConfigScopeType
@@ -132,6 +136,24 @@ class BenchSession:
     server_versions: dict[str, str] = field(default_factory=dict)
     _fresh_next: int = 0
     _caches: list[AppConfigFragmentCacheSource] = field(default_factory=list)
+
+    @classmethod
+    def seeded(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        valkey_url: str,
+        database_url: str,
+        engine: AsyncEngine,
+        client: Any,
+        population: dict[str, Any],
+        **extra: Any,
+    ) -> BenchSession:
+        """A session over the populations :func:`seed` returned."""
+        return cls(
+            loop=loop, valkey_url=valkey_url, database_url=database_url, engine=engine,
+            client=client, hot_users=population["hot"], work_users=population["work"],
+            fresh_pool=population["fresh"], domain_of=population["domain_of"], **extra,
+        )  # fmt: skip
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return self.loop.run_until_complete(coro)
@@ -414,3 +436,28 @@ def merged_view_sql() -> tuple[Any, str]:
     statement = merged_view_statement()
     text = statement.element.text.replace(":uid", "$1").replace(":names", "$2")
     return statement, text
+
+
+@asynccontextmanager
+async def profiling_session() -> AsyncIterator[BenchSession]:
+    """For the ``bench/profile_*.py`` scripts: an embedded Valkey and PostgreSQL, the
+    schema and the bench population seeded (its outbox rows cleared: no cache holds
+    their views); everything is closed and stopped on the way out."""
+    server = EmbeddedValkey()
+    server.start()
+    try:
+        async with embedded_postgres() as url:
+            engine = create_async_engine(url, pool_size=4)
+            client = make_valkey_client(server.url, max_connections=8)
+            try:
+                await create_schema(engine)
+                population = await seed(engine, random.Random(1052))
+                async with engine.begin() as conn:
+                    await conn.execute(sa.text("DELETE FROM app_config_outbox"))
+                loop = asyncio.get_running_loop()
+                yield BenchSession.seeded(loop, server.url, url, engine, client, population)
+            finally:
+                await client.aclose()
+                await engine.dispose()
+    finally:
+        server.stop()
