@@ -29,7 +29,7 @@ from appconfig_cache.tiered.readings import Readings
 from tests.faults.proxy import FaultProxy
 from tests.support.clock import FakeClock
 from tests.support.data import add_policy, add_user
-from tests.support.internals import broadcast_gap, db_source_of, l1_entries
+from tests.support.internals import broadcast_gap, db_source_of, l1_holds
 from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +129,9 @@ async def test_a_load_in_flight_across_a_gap_is_not_kept(
         broadcast_gap(b)  # as a lost subscription does
         release.set()
         assert (await reading).config is None
-        assert (uid, "theme") not in l1_entries(b)
+        assert not l1_holds(b, uid, "theme")
+        await repo_b.app_config(uid, "theme")  # a load that saw no gap is kept
+        assert l1_holds(b, uid, "theme")
     finally:
         await b.aclose()
         await client.aclose()

@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from uuid import UUID
 
 from appconfig_cache import AppConfigFragmentCacheSource, AppConfigFragmentRepository
+from appconfig_cache.tiered.local import entry_key
 
 
 def l1_entries(cache: AppConfigFragmentCacheSource) -> Any:
-    """The L1 mapping of ``(user id, name)`` to entries, expired ones included (None: L1 off)."""
+    """The L1 mapping of keys (``entry_key``) to entries, expired ones included (None: L1 off)."""
     return cache._local._entries
+
+
+def l1_holds(cache: AppConfigFragmentCacheSource, user_id: UUID, name: str) -> bool:
+    """Does L1 hold an entry of ``(user_id, name)``, expired or stale ones included?"""
+    entries = l1_entries(cache)
+    return entries is not None and entry_key(user_id, name) in entries
 
 
 def clear_l1(cache: AppConfigFragmentCacheSource) -> None:

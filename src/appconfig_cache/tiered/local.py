@@ -38,6 +38,20 @@ from .weights import NO_USAGE, Usage, WeighedLRU
 
 MISS: Final = object()  # a cached empty view is a hit; only this is a miss
 
+#: an L1 key: the user's UUID as its integer, and the name
+Key = tuple[int, str]
+
+
+def entry_key(user_id: UUID, name: str) -> Key:
+    """The L1 key of ``(user_id, name)``.
+
+    A ``UUID`` hashes in Python code (``UUID.__hash__``), its ``int`` in C, and an
+    LRU hit hashes its key three times (the lookup, the membership test, the move
+    to the end): keyed by the integer, an L1 hit takes about a fifth less time.
+    """
+    return (user_id.int, name)
+
+
 V = TypeVar("V")
 
 
@@ -118,7 +132,7 @@ class LocalTier(Generic[V]):
         # clock reading: refresh_at <= expires <= hard, so a hit that is neither in
         # its second half nor expired costs a comparison. Bounded by count and by
         # the entries' weights; a hit reads it as any cachetools LRUCache.
-        self._entries: WeighedLRU[tuple[UUID, str], Entry[V]] | None = (
+        self._entries: WeighedLRU[Key, Entry[V]] | None = (
             WeighedLRU(maxsize, maxbytes) if maxsize > 0 and maxbytes > 0 else None
         )
         #: the local invalidation version: one more for every local invalidation
@@ -142,21 +156,22 @@ class LocalTier(Generic[V]):
         entries = self._entries
         if entries is None:
             return MISS
+        key = (user_id.int, name)  # entry_key(), inlined on the hit path
         try:
-            entry = entries[(user_id, name)]
+            entry = entries[key]
         except KeyError:
             return MISS
         if entry.version != self.version:
             if self.stale_since(entry.version, user_id, name, entry.domain):
                 if not self._recomposable(entry, user_id):
-                    del entries[(user_id, name)]
+                    del entries[key]
                 return MISS  # a recomposable entry stays for stale_entry(), never served
             entry.version = self.version
         now = self.timer()
         if now >= entry.refresh_at:
             if now >= entry.expires and not self.renew(entry, user_id, name, now):
                 if entry.basis is None or now >= entry.hard:
-                    del entries[(user_id, name)]
+                    del entries[key]
                 return MISS  # one with a basis stays for expired_entry(), never served
             if now >= entry.refresh_at:  # in the second half of its (renewed) life
                 entry.refresh_at = entry.expires  # one request per half-life
@@ -207,7 +222,7 @@ class LocalTier(Generic[V]):
         """The entry of ``(user_id, name)`` if only shared writes made it stale (and it
         is younger than ``max_life``): never served, but its user part may be reused."""
         entries = self._entries
-        entry = None if entries is None else entries.get((user_id, name))
+        entry = None if entries is None else entries.get(entry_key(user_id, name))
         if (
             entry is None
             or now >= entry.hard
@@ -221,7 +236,7 @@ class LocalTier(Generic[V]):
         """The entry of ``(user_id, name)`` if it expired unconfirmed but nothing
         invalidated it: :meth:`renew` may keep it once fresh readings arrive."""
         entries = self._entries
-        entry = None if entries is None else entries.get((user_id, name))
+        entry = None if entries is None else entries.get(entry_key(user_id, name))
         if (
             entry is None
             or entry.basis is None
@@ -273,12 +288,12 @@ class LocalTier(Generic[V]):
             value, domain, version, expires, self.ttl / 2, basis, hard, request, user_scope,
             weight,
         )  # fmt: skip
-        return entry if self._entries.put((user_id, name), entry) else None
+        return entry if self._entries.put(entry_key(user_id, name), entry) else None
 
     def reweigh(self, user_id: UUID, name: str, entry: Entry[V], weight: int | None) -> None:
         """Give ``entry``, stored with an estimate, its weight; ``None``: drop it (its
         value is not to be kept). Nothing happens if the key holds another entry now."""
-        entries, key = self._entries, (user_id, name)
+        entries, key = self._entries, entry_key(user_id, name)
         if entries is None or key not in entries or Cache.__getitem__(entries, key) is not entry:
             return
         if weight is None:
@@ -292,11 +307,11 @@ class LocalTier(Generic[V]):
 
     def peek(self, user_id: UUID, name: str) -> Entry[V] | None:
         """The entry :meth:`get` would serve now, untouched (no LRU move, no renewal)."""
-        entries = self._entries
-        if entries is None or (user_id, name) not in entries:
+        entries, key = self._entries, entry_key(user_id, name)
+        if entries is None or key not in entries:
             return None
         # Cache.__getitem__, not LRUCache's: a look by the monitor must not count as a use.
-        entry: Entry[V] = Cache.__getitem__(entries, (user_id, name))
+        entry: Entry[V] = Cache.__getitem__(entries, key)
         if self.stale_since(entry.version, user_id, name, entry.domain):
             return None
         return entry if self.timer() < entry.expires else None
@@ -307,7 +322,7 @@ class LocalTier(Generic[V]):
         if entries is None or k <= 0 or not entries:
             return []
         present = list(entries.keys())
-        return rng.sample(present, min(k, len(present)))
+        return [(UUID(int=user), name) for user, name in rng.sample(present, min(k, len(present)))]
 
     @property
     def enabled(self) -> bool:
