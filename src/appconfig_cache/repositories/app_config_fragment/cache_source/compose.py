@@ -34,6 +34,7 @@ from .lookup import Lookup
 from .outbox_link import OutboxLink
 from .policy_names import PolicyNames
 from .read_path import ReadPath
+from .recompose import Recomposer
 from .renewal import Renewal
 from .settings import CacheSettings
 from .shared_parts import SharedParts
@@ -106,11 +107,14 @@ def compose(client: Any, settings: CacheSettings) -> Parts:
     renewal = (ablation.RenewalWithoutWait if "renewal_wait" in off else Renewal)(
         local, readings, generations, bumps, remote, background, stats, timer
     )
-    recomposer = ablation.RecomposerWithout(
+    recompose_off = {"l1_recompose", "envelope_recompose"} & off
+    recomposer = (ablation.RecomposerWithout if recompose_off else Recomposer)(
         local, readings, generations, envelopes, SharedParts(readings, stats), renewal,
         store, stats, timer,
     )  # fmt: skip
-    recomposer.l1_off, recomposer.envelopes_off = "l1_recompose" in off, "envelope_recompose" in off
+    if isinstance(recomposer, ablation.RecomposerWithout):
+        recomposer.l1_off = "l1_recompose" in off
+        recomposer.envelopes_off = "envelope_recompose" in off
     read_path = (ablation.ReadPathLeadingInTasks if "inline_lead" in off else ReadPath)(
         local, bumps, remote, renewal, recomposer, lookup, store, background, stats, timer
     )
