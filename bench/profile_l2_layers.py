@@ -5,8 +5,11 @@ bench population, warms Valkey for the hot users, and then, in each round, times
 of each of: a raw ``GET`` of the envelope, the ``MGET`` of the three keys an L2 hit
 reads, that ``MGET`` under the cache's round-trip budget, the typed
 ``Commands.lookup``, ``Lookup.find`` (plus the header, generation and memo checks),
-the read path's single flight, and ``repo.app_config`` (``local_maxsize=0``). It
-prints the best minimum and the median per operation and what each layer adds,
+the read path's single flight, and ``repo.app_config`` (``local_maxsize=0``); and,
+for reference, the design's floor: the ``MGET`` and the checks that prove an envelope
+current, written inline with no flight, no request numbers and no counters, bare and
+under a time budget. It prints the best minimum and the median per operation, what
+each layer adds, and its ratio to the ``GET`` (minimum/median),
 then the pieces of ``find`` timed alone with ``timeit``. Rounds alternate the
 layers, so the machine's drift touches them alike.
 """
@@ -97,6 +100,27 @@ async def _layers(client, cache, repo, users, rounds: int) -> None:
         "+ single flight": flight,
         "+ repo.app_config": hit,
     }
+    generations, envelopes = lookup.generations, lookup.envelopes
+
+    async def floor(i: int) -> None:  # what proving an envelope current needs, inline
+        uid, (merged, domain_key, gen_key) = users[i % n], triples[i % n]
+        raw, domain, gen = await client.mget([merged, domain_key, gen_key])
+        header = decode_header(raw)
+        current = generations.current(NAME, header.domain, int(gen), now())
+        if current is None or header.gens != current.gens or header.user != str(uid):
+            raise AssertionError("not a current envelope")
+        if domain.decode() != header.domain or envelopes.parse(uid, NAME, raw, header) is None:
+            raise AssertionError("not a current envelope")
+
+    async def floor_budget(i: int) -> None:
+        async with asyncio.timeout(remote.timeout):
+            await floor(i)
+
+    references: dict[str, Callable[[int], Awaitable[None]]] = {
+        "inline floor (MGET+checks)": floor,
+        "inline floor + budget": floor_budget,
+    }
+    layers.update(references)
     times: dict[str, list[float]] = {label: [] for label in layers}
     for _ in range(rounds):
         for label, op in layers.items():
@@ -104,12 +128,16 @@ async def _layers(client, cache, repo, users, rounds: int) -> None:
             for i in range(PER_ROUND):
                 await op(i)
             times[label].append((time.perf_counter() - started) / PER_ROUND * 1e6)
-    print(f"{'layer':26s} {'min µs':>8s} {'median µs':>10s} {'adds (min)':>11s}")
+    get_min, get_median = min(times["raw GET"]), statistics.median(times["raw GET"])
+    print(f"{'layer':26s} {'min µs':>8s} {'median µs':>10s} {'adds (min)':>11s} {'x GET':>12s}")
     previous = None
     for label, samples in times.items():
-        low = min(samples)
+        low, median = min(samples), statistics.median(samples)
+        if label in references:
+            previous = min(times["MGET of the 3 keys"])  # references add to the MGET
         added = "" if previous is None else f"{low - previous:+.1f}"
-        print(f"{label:26s} {low:8.1f} {statistics.median(samples):10.1f} {added:>11s}")
+        ratio = f"{low / get_min:.2f}/{median / get_median:.2f}"
+        print(f"{label:26s} {low:8.1f} {median:10.1f} {added:>11s} {ratio:>12s}")
         previous = low
 
 
